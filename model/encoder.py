@@ -1,0 +1,94 @@
+"""
+The frozen teacher: a torchvision ResNet cut after layer3, returning the layer1..layer3 features.
+
+    from model.encoder import build_encoder
+    encoder = build_encoder("wide_resnet50_2", weights="imagenet")
+    f1, f2, f3 = encoder(x)  # x (B,3,256,256) -> (B,256,64,64), (B,512,32,32), (B,1024,16,16)
+
+`weights` is 'imagenet' (torchvision's IMAGENET1K_V1, as the paper; downloaded once into the torch
+cache), a path to a torchvision-format state dict, or 'none' (random init from `seed`, for offline
+demos and tests; the same seed rebuilds the same teacher at test time).
+"""
+
+import os
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from utils.config import ConfigError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "wide_resnet101_2")
+
+
+class Encoder(nn.Module):
+    """ResNet stem + layer1..layer3 of a torchvision model; layer4, avgpool and fc are dropped."""
+
+    def __init__(self, resnet):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool
+        self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        # The teacher is frozen: its BatchNorm statistics must never update, whatever the caller asks.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B,64,H/4,W/4)
+        f1 = self.layer1(x)  # (B,C1,H/4,W/4)
+        f2 = self.layer2(f1)  # (B,2*C1,H/8,W/8)
+        f3 = self.layer3(f2)  # (B,4*C1,H/16,W/16)
+        return [f1, f2, f3]
+
+
+def imagenet_weights(backbone):
+    """torchvision's IMAGENET1K_V1 weights enum for a backbone: the weights the paper used (not V2/DEFAULT)."""
+    return torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
+
+
+def load_imagenet_state_dict(backbone):
+    weights = imagenet_weights(backbone)
+    filename = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=False)
+    except Exception as e:  # offline, proxy, corrupt download: all end the same way for the user
+        raise ConfigError(
+            f"weights=imagenet: cannot find {cached} nor download {weights.url} ({type(e).__name__}); "
+            f"copy {filename} to {cached}, or pass --weights=/path/to/{filename}, or --weights=none"
+        ) from None
+
+
+def load_state_dict_file(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"weights={path}: no such file (expected a torchvision state dict, 'imagenet' or 'none')")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"weights={path}: not a loadable torch state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state_dict, dict):
+        raise ConfigError(f"weights={path}: expected a state dict, found {type(state_dict).__name__}")
+    return state_dict
+
+
+def build_encoder(backbone, weights="imagenet", seed=0):
+    if backbone not in BACKBONES:
+        raise ConfigError(f"backbone={backbone}: unknown, expected one of {', '.join(BACKBONES)}")
+    # Build under a fixed seed in a forked RNG: weights='none' then gives the same teacher in train and test,
+    # and the caller's random stream is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resnet = torchvision.models.get_model(backbone, weights=None)
+    if weights == "imagenet":
+        resnet.load_state_dict(load_imagenet_state_dict(backbone))
+    elif weights != "none":
+        state_dict = load_state_dict_file(weights)
+        try:
+            resnet.load_state_dict(state_dict)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise ConfigError(f"weights={weights}: not a {backbone} state dict ({first})") from None
+    return Encoder(resnet)

@@ -1,0 +1,59 @@
+"""
+`--name=value` command-line overrides of a script's module-level settings, nanoGPT style but as a function.
+
+    apply_overrides(globals(), sys.argv[1:], config_keys)
+
+Values are parsed with ast.literal_eval (a bare word stays a string) and must have the default's type;
+an int is accepted for a float, 0/1 for a bool, anything for a None default. Errors are ConfigErrors.
+"""
+
+import ast
+import sys
+
+
+class ConfigError(ValueError):
+    """A user setting (a file, a path, a --name=value) is wrong; the message says which and why."""
+
+
+def parse_value(name, raw, default):
+    if isinstance(default, str):
+        return raw  # a str setting takes the text as it is: --category=123 stays '123'
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if value in (0, 1) and not isinstance(value, float):
+            return bool(value)
+    elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(default, tuple) and isinstance(value, (tuple, list)) and len(value) == len(default):
+        return tuple(parse_value(name, repr(v), d) for v, d in zip(value, default))
+    elif type(value) is type(default):
+        return value
+    raise ConfigError(f"--{name}={raw}: expected a {type(default).__name__} like {default!r}")
+
+
+def apply_overrides(settings, argv, keys):
+    """Set settings[name] = value for each --name=value in argv; only names in `keys` may be set."""
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"{arg}: arguments are --name=value, valid names: {', '.join(keys)}")
+        name, raw = arg[2:].split("=", 1)
+        if name not in keys:
+            raise ConfigError(f"--{name}: unknown setting, valid names: {', '.join(keys)}")
+        settings[name] = parse_value(name, raw, settings[name])
+
+
+def run_cli(main, debug):
+    """Run a script's main(): a user error (ConfigError) or a stopped run (FloatingPointError) prints one
+    line and exits non-zero, without a traceback unless debug() is true (--debug=1)."""
+    try:
+        main()
+    except (ConfigError, FloatingPointError) as e:
+        if debug():
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
