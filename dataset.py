@@ -1,0 +1,151 @@
+"""
+MVTec AD folder layout, loaded once into memory as uint8 tensors (decoded and resized once per run).
+
+    DATA_ROOT/CATEGORY/train/good/*.png                  normal training images
+    DATA_ROOT/CATEGORY/test/<type>/*.png                 test images; <type> 'good' is normal
+    DATA_ROOT/CATEGORY/ground_truth/<type>/NNN_mask.png  a mask per anomalous test image
+
+    from dataset import load_train_images, load_test_set, normalize
+    images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8
+    x = normalize(images[:16].to(device))                      # (16,3,256,256) float, ImageNet-normalised
+
+Any category name works. Listings are sorted; grayscale, palette and RGBA images become RGB; images are
+resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images); masks
+are resized bilinearly and binarised at > 0.5. Problems with the data raise a ConfigError naming the file.
+"""
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.config import ConfigError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def list_images(folder):
+    """Sorted image files of a folder and the number of other files in it (ignored, but counted)."""
+    names = sorted(os.listdir(folder))
+    images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+    others = [n for n in names if n not in images and os.path.isfile(os.path.join(folder, n))]
+    return [os.path.join(folder, n) for n in images], len(others)
+
+
+def open_image(path):
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here with its name
+            return img
+    except Exception as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: unreadable image ({detail})") from None
+
+
+def load_image(path, size):
+    """(3,size,size) uint8 RGB tensor."""
+    img = open_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+def load_mask(path, size, image_path):
+    """(size,size) bool tensor: the mask resized bilinearly to size x size and binarised at > 0.5."""
+    mask = open_image(path)
+    if mask.mode not in ("1", "L"):
+        raise ConfigError(f"{path}: a mask must be a binary or grayscale image, this one is {mask.mode}")
+    with Image.open(image_path) as img:
+        if img.size != mask.size:
+            warnings.warn(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is {img.size[0]}x{img.size[1]}; both are resized to {size}x{size}")
+    mask = mask.convert("L")
+    if mask.getextrema()[1] == 1:  # a 0/1 mask, not MVTec's 0/255: scale it so its defects are not lost
+        mask = mask.point(lambda v: 255 * v)
+    values = np.asarray(mask.resize((size, size), Image.Resampling.BILINEAR))
+    return torch.from_numpy(values > 127.5)  # ToTensor's /255, then > 0.5
+
+
+def load_all(function, *args):
+    """Run function over the argument lists on a few threads (PIL releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(function, *args))
+
+
+def category_dir(data_root, category):
+    if not os.path.isdir(data_root):
+        raise ConfigError(f"data_root={data_root}: no such folder")
+    folder = os.path.join(data_root, category)
+    if not os.path.isdir(folder):
+        found = sorted(d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d)))
+        raise ConfigError(f"category={category}: no folder {folder} (found: {', '.join(found) or 'none'})")
+    return folder
+
+
+def load_train_images(data_root, category, size):
+    """All images of CATEGORY/train/good as one (N,3,size,size) uint8 tensor."""
+    folder = os.path.join(category_dir(data_root, category), "train", "good")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{folder}: missing; training needs normal images in CATEGORY/train/good")
+    paths, n_other = list_images(folder)
+    if not paths:
+        raise ConfigError(f"{folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if n_other:
+        print(f"{folder}: ignored {n_other} non-image files")
+    return torch.stack(load_all(load_image, paths, [size] * len(paths)))
+
+
+def mask_path_for(category_folder, defect, image_path):
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(category_folder, "ground_truth", defect, stem + "_mask.png")
+
+
+def load_test_set(data_root, category, size):
+    """The test split: images (N,3,S,S) uint8, masks (N,S,S) bool, labels (N,) int64 (1 = anomalous) and
+    each image's path relative to the category folder (e.g. 'test/broken_large/000.png')."""
+    folder = category_dir(data_root, category)
+    test_folder = os.path.join(folder, "test")
+    if not os.path.isdir(test_folder):
+        raise ConfigError(f"{test_folder}: missing; testing needs CATEGORY/test/<type>/ images")
+    image_paths, mask_paths = [], []
+    for defect in sorted(os.listdir(test_folder)):
+        defect_folder = os.path.join(test_folder, defect)
+        if not os.path.isdir(defect_folder):
+            continue
+        paths, n_other = list_images(defect_folder)
+        if n_other:
+            print(f"{defect_folder}: ignored {n_other} non-image files")
+        masks = [None if defect == "good" else mask_path_for(folder, defect, p) for p in paths]
+        for image, mask in zip(paths, masks):
+            if mask is not None and not os.path.isfile(mask):
+                raise ConfigError(f"{image}: anomalous test image without its mask {mask}")
+        if defect != "good":
+            check_orphan_masks(folder, defect, paths)
+        image_paths += paths
+        mask_paths += masks
+    if not image_paths:
+        raise ConfigError(f"{test_folder}: holds no test images")
+    images = torch.stack(load_all(load_image, image_paths, [size] * len(image_paths)))
+    masks = torch.stack(load_all(lambda m, p: torch.zeros(size, size, dtype=torch.bool) if m is None else load_mask(m, size, p), mask_paths, image_paths))
+    labels = torch.tensor([m is not None for m in mask_paths], dtype=torch.int64)
+    return images, masks, labels, [os.path.relpath(p, folder) for p in image_paths]
+
+
+def check_orphan_masks(folder, defect, image_paths):
+    """A mask without its image means the data is not what the user thinks it is: say so."""
+    mask_folder = os.path.join(folder, "ground_truth", defect)
+    if not os.path.isdir(mask_folder):
+        return
+    expected = {os.path.basename(mask_path_for(folder, defect, p)) for p in image_paths}
+    for name in sorted(os.listdir(mask_folder)):
+        if name.lower().endswith(IMAGE_EXTENSIONS) and name not in expected:
+            raise ConfigError(f"{os.path.join(mask_folder, name)}: mask without its test image in {os.path.join(folder, 'test', defect)}")
+
+
+def normalize(images):
+    """uint8 (B,3,H,W) -> float (B,3,H,W): ToTensor's /255, then ImageNet mean/std, on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std

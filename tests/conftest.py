@@ -1,0 +1,40 @@
+"""Shared fixtures: small generated MVTec-layout data and the helpers to run the scripts as a user would."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from make_demo_data import make_category  # noqa: E402
+
+# small and fast: resnet18 teacher, 64x64 images, random teacher weights (no download here)
+SMALL = ["--backbone=resnet18", "--image_size=64", "--weights=none", "--device=cpu"]
+
+
+def run_script(*args, check=True, timeout=600):
+    """Run `python <args>` from the repo root like a user; returns the CompletedProcess."""
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_category(str(root), "stripes", size=64, n_train=8, n_test_good=3, n_test_defect=2, seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def trained(data_root, tmp_path_factory):
+    """A checkpoint written by train.py on the generated data: (out_dir, checkpoint path)."""
+    out_dir = str(tmp_path_factory.mktemp("runs"))
+    run_script("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
+               "--epochs=2", "--batch_size=4", *SMALL)
+    return out_dir, os.path.join(out_dir, "stripes", "checkpoint.pth")

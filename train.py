@@ -1,0 +1,140 @@
+"""
+Train Reverse Distillation (Deng & Li, CVPR 2022) on the normal images of one category.
+
+    $ python train.py --data_root=data/mvtec --category=bottle
+    $ python train.py --data_root=data/demo --category=stripes --backbone=resnet18 --image_size=128 --weights=none
+
+Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
+scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
+trains OCBE + decoder to minimise the teacher-student cosine distance. The model after the last epoch is
+saved to <out_dir>/<category>/checkpoint.pth; evaluate it with test.py. No test data is looked at here.
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from dataset import load_train_images, normalize
+from model import build_model
+from utils.anomaly_map import cosine_loss
+from utils.config import ConfigError, apply_overrides, run_cli
+from utils.io import atomic_write_json, ckpt_path, load_checkpoint, run_dir, save_checkpoint
+from utils.seeding import resolve_device, set_seed
+
+# -----------------------------------------------------------------------------
+data_root = "data/mvtec"  # folder holding CATEGORY/train/good, CATEGORY/test, CATEGORY/ground_truth
+category = "bottle"  # any sub-folder of data_root
+backbone = "wide_resnet50_2"  # teacher: resnet18 | resnet34 | resnet50 | wide_resnet50_2 | wide_resnet101_2
+weights = "imagenet"  # teacher weights: imagenet (torchvision IMAGENET1K_V1) | path to a state dict | none (random)
+image_size = 256  # images are resized to image_size x image_size; a multiple of 32
+batch_size = 16
+epochs = 200
+lr = 0.005  # Adam learning rate, constant
+betas = (0.5, 0.999)  # Adam betas
+seed = 42  # seeds the OCBE/decoder init, the shuffling and (weights=none) the teacher
+deterministic = False  # deterministic kernels, no cudnn autotuning: reproducible but slower
+device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
+amp = False  # bf16 autocast for the networks (CUDA); loss and anomaly maps stay float32
+compile = False  # torch.compile the OCBE and decoder
+out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
+save_every = 10  # epochs between checkpoints (the last epoch is always saved)
+resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
+overwrite = False  # replace an existing run's checkpoint instead of refusing
+debug = False  # show Python tracebacks for user errors
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))]
+
+
+def check_config():
+    """Impossible settings fail here, before any data is loaded."""
+    checks = [
+        (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
+        (batch_size >= 1, "batch_size", "at least 1"),
+        (epochs >= 1, "epochs", "at least 1"),
+        (lr > 0, "lr", "positive"),
+        (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
+        (save_every >= 1, "save_every", "at least 1"),
+        (not (resume and overwrite), "resume", "not combined with overwrite=True"),
+    ]
+    for ok, name, expected in checks:
+        if not ok:
+            raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
+
+
+def main():
+    apply_overrides(globals(), sys.argv[1:], config_keys)
+    check_config()
+    config = {k: globals()[k] for k in config_keys}
+    dev = torch.device(resolve_device(device))
+    path = ckpt_path(out_dir, category)
+    if os.path.exists(path) and not (resume or overwrite):
+        raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
+
+    set_seed(seed, deterministic)
+    encoder, ocbe, decoder = build_model(backbone, weights, seed)
+    encoder, ocbe, decoder = encoder.to(dev), ocbe.to(dev), decoder.to(dev)
+    images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
+    optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=lr, betas=betas)
+
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    step = 0  # optimizer steps done; the epoch and the batch within it follow from it
+    if resume and os.path.exists(path):
+        checkpoint = load_checkpoint(path, dev)
+        ocbe.load_state_dict(checkpoint["bn"])
+        decoder.load_state_dict(checkpoint["decoder"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        print(f"resuming {path} at epoch {step // steps_per_epoch}, step {step}")
+    elif resume:
+        print(f"resume: no checkpoint at {path}, starting from scratch")
+    atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)
+
+    def save():
+        checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+                      "epoch": step // steps_per_epoch, "step": step, "config": config}
+        save_checkpoint(path, checkpoint)
+
+    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
+    stop_signal = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, _: stop_signal.append(s))
+
+    train_ocbe, train_decoder = (torch.compile(ocbe), torch.compile(decoder)) if compile else (ocbe, decoder)
+    ocbe.train()
+    decoder.train()
+    print(f"training {category}: {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}")
+    while step < epochs * steps_per_epoch:
+        epoch, first_batch = divmod(step, steps_per_epoch)
+        # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
+        t0, total = time.time(), 0.0
+        for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None):
+            x = normalize(images[order[i * batch_size:(i + 1) * batch_size]])  # (B,3,S,S)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                teacher = encoder(x)  # 3 taps, no graph kept: the teacher is frozen
+                student = train_decoder(train_ocbe(teacher))
+            loss = cosine_loss(teacher, student)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last good checkpoint (try a lower lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            total += loss.item()
+            if stop_signal:
+                save()
+                print(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
+                sys.exit(128 + stop_signal[0])
+        print(f"epoch {epoch + 1}/{epochs} | loss {total / (steps_per_epoch - first_batch):.4f} | {time.time() - t0:.1f}s")
+        if (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
+            save()
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main, lambda: debug)
