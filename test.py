@@ -109,6 +109,7 @@ def main():
         "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": checkpoint, "backbone": settings["backbone"], "weights": settings["weights"],
         "image_size": settings["image_size"], "map_mode": map_mode, "seconds_per_image": predict_seconds / len(labels),
+        "train_config": ckpt.get("config"),  # None for official checkpoints
     }
     atomic_write_json(os.path.join(folder, "results.json"), results)
     write_scores_csv(os.path.join(folder, "scores.csv"), paths, labels.tolist(), scores.tolist())

@@ -3,6 +3,7 @@ Train Reverse Distillation (Deng & Li, CVPR 2022) on the normal images of one ca
 
     $ python train.py --data_root=data/mvtec --category=bottle
     $ python train.py --data_root=data/demo --category=stripes --backbone=resnet18 --image_size=128 --weights=none
+    $ torchrun --nproc_per_node=4 train.py --category=bottle    # data-parallel over 4 GPUs, same global batch
 
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
@@ -17,6 +18,7 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from dataset import load_train_images, normalize
@@ -48,6 +50,8 @@ overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))]
+# a resumed run must have been trained with the same values of these
+resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
 
 
 def check_config():
@@ -66,11 +70,25 @@ def check_config():
             raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
 
 
+def setup_distributed():
+    """(rank, world_size, device) under torchrun (RANK/WORLD_SIZE set), else (0, 1, the `device` setting)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    dev = torch.device(resolve_device(device))
+    if world_size == 1:
+        return 0, 1, dev
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, dev
+
+
 def main():
     apply_overrides(globals(), sys.argv[1:], config_keys)
     check_config()
     config = {k: globals()[k] for k in config_keys}
-    dev = torch.device(resolve_device(device))
+    rank, world_size, dev = setup_distributed()
+    log = print if rank == 0 else lambda *args: None
     path = ckpt_path(out_dir, category)
     if os.path.exists(path) and not (resume or overwrite):
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
@@ -85,55 +103,80 @@ def main():
     step = 0  # optimizer steps done; the epoch and the batch within it follow from it
     if resume and os.path.exists(path):
         checkpoint = load_checkpoint(path, dev)
+        for k in resume_keys:
+            if checkpoint.get("config", {}).get(k) != config[k]:
+                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
         ocbe.load_state_dict(checkpoint["bn"])
         decoder.load_state_dict(checkpoint["decoder"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
-        print(f"resuming {path} at epoch {step // steps_per_epoch}, step {step}")
+        log(f"resuming {path} at epoch {step // steps_per_epoch + 1}, step {step}")
     elif resume:
-        print(f"resume: no checkpoint at {path}, starting from scratch")
-    atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)
+        log(f"resume: no checkpoint at {path}, starting from scratch")
+    if rank == 0:
+        atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)
 
     def save():
-        checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                      "epoch": step // steps_per_epoch, "step": step, "config": config}
-        save_checkpoint(path, checkpoint)
+        if rank == 0:
+            checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
+                          "epoch": step // steps_per_epoch, "step": step, "config": config}
+            save_checkpoint(path, checkpoint)
 
     # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
     stop_signal = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _: stop_signal.append(s))
 
-    train_ocbe, train_decoder = (torch.compile(ocbe), torch.compile(decoder)) if compile else (ocbe, decoder)
-    ocbe.train()
-    decoder.train()
-    print(f"training {category}: {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}")
+    student = torch.nn.Sequential(ocbe, decoder)  # teacher features -> OCBE embedding -> rebuilt features
+    student.train()
+    if world_size > 1:
+        if dev.type == "cuda":  # batch statistics over the global batch, as one process would compute them
+            student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        # the official OCBE's conv4/bn4 never get a gradient: DDP must be told to expect unused parameters
+        student = torch.nn.parallel.DistributedDataParallel(student, find_unused_parameters=True)
+    if compile:
+        student = torch.compile(student)
+    log(f"training {category}: {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
+        + (f" x {world_size} processes" if world_size > 1 else ""))
     while step < epochs * steps_per_epoch:
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
         t0, total = time.time(), 0.0
-        for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None):
-            x = normalize(images[order[i * batch_size:(i + 1) * batch_size]])  # (B,3,S,S)
+        for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
+            batch = order[i * batch_size:(i + 1) * batch_size]
+            shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
+            x = normalize(images[shard])  # (B/world_size,3,S,S)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 teacher = encoder(x)  # 3 taps, no graph kept: the teacher is frozen
-                student = train_decoder(train_ocbe(teacher))
-            loss = cosine_loss(teacher, student)
+                reconstructed = student(teacher)
+            loss = cosine_loss(teacher, reconstructed)
+            # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
+            (loss * len(shard) * world_size / len(batch)).backward()
+            loss = loss.detach() * len(shard) / len(batch)
+            if world_size > 1:
+                dist.all_reduce(loss)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last good checkpoint (try a lower lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             total += loss.item()
+            if world_size > 1:  # every process must stop at the same step
+                stop = torch.tensor(float(bool(stop_signal)), device=dev)
+                dist.all_reduce(stop)
+                if stop.item() and not stop_signal:
+                    stop_signal.append(signal.SIGTERM)
             if stop_signal:
                 save()
-                print(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
+                log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        print(f"epoch {epoch + 1}/{epochs} | loss {total / (steps_per_epoch - first_batch):.4f} | {time.time() - t0:.1f}s")
+        log(f"epoch {epoch + 1}/{epochs} | loss {total / (steps_per_epoch - first_batch):.4f} | {time.time() - t0:.1f}s")
         if (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
             save()
-    print(f"saved {path}")
+    log(f"saved {path}")
+    if world_size > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
