@@ -54,7 +54,7 @@ def load_imagenet_state_dict(backbone):
     filename = os.path.basename(weights.url)
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
     try:
-        return weights.get_state_dict(progress=True, check_hash=False)
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as e:  # offline, proxy, corrupt download: all end the same way for the user
         raise ConfigError(
             f"weights=imagenet: cannot find {cached} nor download {weights.url} ({type(e).__name__}); "
