@@ -1,0 +1,262 @@
+"""
+Tests for utils/metrics.py against independent, deliberately slow references.
+
+sklearn for AUROC and AP, explicit Python loops over thresholds for F1-max, AUPRO and the
+RD4AD per-image PRO, plus hand-computed tiny cases.
+Run: python -m pytest -q tests/test_metrics.py
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import auc, average_precision_score, roc_auc_score
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.metrics import compute_metrics  # noqa: E402
+
+TOL = 1e-6
+EIGHT = np.ones((3, 3), dtype=bool)
+FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+# ----------------------------------------------------------------------------- references
+
+def ref_f1_max(scores, labels):
+    """Best F1 over every distinct threshold (score >= t), scanned from the top, and the
+    highest threshold reaching it."""
+    best, best_t = -1.0, None
+    for t in np.unique(scores)[::-1]:
+        pred = scores >= t
+        tp = np.sum(pred & labels)
+        fp = np.sum(pred & ~labels)
+        fn = np.sum(~pred & labels)
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        if f1 > best:
+            best, best_t = f1, t
+    return best, best_t
+
+
+def ref_regions(masks, structure):
+    """Boolean mask of every region of every image, labelled image by image."""
+    out = []
+    for i, mask in enumerate(masks):
+        lab, n = ndimage.label(mask, structure=structure)
+        for r in range(1, n + 1):
+            region = np.zeros(masks.shape, dtype=bool)
+            region[i] = lab == r
+            out.append(region)
+    return out
+
+
+def ref_aupro(maps, masks, structure=EIGHT, max_fpr=0.3):
+    regions = [maps[r] for r in ref_regions(masks, structure)]
+    normal = maps[~masks]
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        pros.append(np.mean([np.mean(r >= t) for r in regions]))
+        fprs.append(np.sum(normal >= t) / normal.size)
+        if fprs[-1] > max_fpr:
+            break
+    area = 0.0
+    for f0, f1, p0, p1 in zip(fprs[:-1], fprs[1:], pros[:-1], pros[1:]):
+        if f1 <= max_fpr:
+            area += (f1 - f0) * (p0 + p1) / 2
+        else:
+            p_cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0)
+            area += (max_fpr - f0) * (p0 + p_cut) / 2
+            break
+    return area / max_fpr
+
+
+def ref_pro_paper(maps, masks):
+    """Transcription of the official RD4AD compute_pro, called once per anomalous image."""
+    values = []
+    for amap, mask in zip(maps, masks):
+        if not mask.any():
+            continue
+        lab, n = ndimage.label(mask, structure=EIGHT)
+        lo, hi = float(amap.min()), float(amap.max())
+        fprs, pros = [], []
+        for th in np.arange(lo, hi, (hi - lo) / 200):
+            binary = amap > th
+            pros.append(np.mean([binary[lab == r].sum() / (lab == r).sum() for r in range(1, n + 1)]))
+            fprs.append(np.logical_and(~mask, binary).sum() / (~mask).sum())
+        fprs, pros = np.array(fprs), np.array(pros)
+        keep = fprs < 0.3
+        values.append(auc(fprs[keep] / fprs[keep].max(), pros[keep]))
+    return float(np.mean(values))
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_case(seed, n=6, size=32, levels=None):
+    """Smooth maps with a bump on several rectangular regions per anomalous image; image 0
+    is normal, regions touch the border, and image 1 has two pixels that touch only
+    diagonally (one region under 8-connectivity). levels rounds scores to create ties."""
+    rng = np.random.default_rng(seed)
+    maps = ndimage.gaussian_filter(rng.standard_normal((n, size, size)), (0, 2, 2))
+    masks = np.zeros((n, size, size), dtype=bool)
+    for i in range(1, n):
+        for _ in range(rng.integers(1, 4)):
+            y, x = rng.integers(-3, size - 2, size=2)
+            h, w = rng.integers(2, 8, size=2)
+            masks[i, max(y, 0):y + h, max(x, 0):x + w] = True
+    masks[1, size - 6:, :8] = False
+    masks[1, size - 4, 2] = masks[1, size - 3, 3] = True
+    masks[2, 0, :5] = True
+    maps = (maps + 0.4 * masks * rng.random((n, size, size))).astype(np.float32)
+    if levels:
+        maps = np.round(maps * levels) / levels
+    scores = maps.reshape(n, -1).max(axis=1)
+    if levels:
+        scores = np.round(scores * 4) / 4
+    return scores, masks.any(axis=(1, 2)), maps.astype(np.float32), masks
+
+
+CASES = [dict(seed=0), dict(seed=1, levels=3), dict(seed=2, levels=20),
+         dict(seed=3, n=30, size=12, levels=8), dict(seed=4, n=30, size=12)]
+
+
+# ----------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("case", CASES)
+def test_against_references(case):
+    scores, labels, maps, masks = make_case(**case)
+    m = compute_metrics(scores, labels, maps, masks)
+    assert m["undefined"] == {}
+    assert abs(m["image_auroc"] - roc_auc_score(labels, scores)) < TOL
+    assert abs(m["image_ap"] - average_precision_score(labels, scores)) < TOL
+    f1, threshold = ref_f1_max(scores, labels)
+    assert abs(m["image_f1"] - f1) < TOL
+    assert m["image_f1_threshold"] == threshold
+    pix, lab = maps.ravel(), masks.ravel()
+    assert abs(m["pixel_auroc"] - roc_auc_score(lab, pix)) < TOL
+    assert abs(m["pixel_ap"] - average_precision_score(lab, pix)) < TOL
+    assert abs(m["pixel_f1"] - ref_f1_max(pix, lab)[0]) < TOL
+    assert abs(m["pixel_aupro"] - ref_aupro(maps, masks)) < TOL
+    assert abs(m["pixel_pro_paper"] - ref_pro_paper(maps, masks)) < TOL
+    assert all(isinstance(m[k], float) for k in m if k != "undefined")
+
+
+def test_f1_threshold_reproduces_f1():
+    scores, labels, maps, masks = make_case(seed=3, n=30, size=12, levels=8)
+    m = compute_metrics(scores, labels, maps, masks)
+    pred = scores >= m["image_f1_threshold"]
+    tp = np.sum(pred & labels)
+    assert abs(2 * tp / (pred.sum() + labels.sum()) - m["image_f1"]) < TOL
+    # F1 ties: score >= 4 gives 2*1/(1+2), score >= 1 gives 2*2/(4+2); the highest wins.
+    masks = np.zeros((4, 2, 2), dtype=bool)
+    masks[0, 0, 0] = True
+    m = compute_metrics([4.0, 3.0, 2.0, 1.0], [1, 0, 0, 1], np.zeros((4, 2, 2)), masks)
+    assert abs(m["image_f1"] - 2 / 3) < TOL and m["image_f1_threshold"] == 4.0
+
+
+def test_torch_inputs_and_dtypes_agree():
+    scores, labels, maps, masks = make_case(seed=5, levels=10)
+    base = compute_metrics(scores, labels, maps, masks)
+    variants = [
+        (torch.from_numpy(scores), torch.from_numpy(labels).long(),
+         torch.from_numpy(maps), torch.from_numpy(masks).float()),
+        (scores.astype(np.float64), labels.astype(np.int64), maps.astype(np.float64),
+         masks.astype(np.uint8)),
+    ]
+    for variant in variants:
+        m = compute_metrics(*variant)
+        for k in base:
+            if k != "undefined":
+                assert abs(m[k] - base[k]) < 1e-12, k
+
+
+def test_negative_zero_ties_positive_zero():
+    # -0.0 == 0.0, so a map mixing them must score like one with only +0.0.
+    scores, labels, maps, masks = make_case(seed=6, levels=2)
+    signed = maps.copy()
+    signed[(maps == 0) & (np.arange(maps.size).reshape(maps.shape) % 2 == 1)] = -0.0
+    assert np.signbit(signed[signed == 0]).any()
+    a = compute_metrics(scores, labels, maps, masks)
+    b = compute_metrics(scores, labels, signed, masks)
+    for k in a:
+        if k != "undefined":
+            assert a[k] == b[k], k
+
+
+def test_diagonal_pixels_form_one_region():
+    # Regions {(0,0),(1,1)} and {(3,3)}: two regions under 8-connectivity, three under 4.
+    masks = np.zeros((1, 4, 4), dtype=bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = masks[0, 3, 3] = True
+    maps = np.linspace(0, 1, 16, dtype=np.float32).reshape(1, 4, 4)[:, ::-1].copy()
+    maps[0, 3, 3] = 0.95
+    m = compute_metrics([0.5], [1], maps, masks)
+    assert abs(m["pixel_aupro"] - ref_aupro(maps, masks, EIGHT)) < TOL
+    assert abs(m["pixel_aupro"] - ref_aupro(maps, masks, FOUR)) > 1e-3
+
+
+def test_pro_paper_by_hand():
+    # One 4-pixel region; thresholds th_j = 0.005 j, j = 0..199 (map range [0, 1]).
+    # Anomalous pixels 1, 1, 0.7025, 0.3025 -> PRO (fraction > th) = 1 for j <= 60,
+    # 3/4 for 61..140, 1/2 for 141..199. Normal pixels: nine 0s, two 0.5025, one 0.8025
+    # -> FPR = 3/12 for j <= 100, 1/12 for 101..160, 0 after; all < 0.3 so all kept.
+    # Divided by the max 1/4: 1, 1/3, 0. Only two segments have width:
+    # j=100->101: (1 - 1/3) * 3/4 = 1/2 and j=160->161: (1/3 - 0) * 1/2 = 1/6. Total 2/3.
+    amap = np.array([[0.0, 0.0, 0.0, 0.5025],
+                     [0.0, 1.0, 1.0, 0.0],
+                     [0.0, 0.7025, 0.3025, 0.8025],
+                     [0.0, 0.0, 0.5025, 0.0]], dtype=np.float32)[None]
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, 1:3, 1:3] = True
+    m = compute_metrics([1.0], [1], amap, mask)
+    assert abs(m["pixel_pro_paper"] - 2 / 3) < TOL
+    assert abs(ref_pro_paper(amap, mask) - 2 / 3) < TOL
+
+
+def test_pro_paper_scores_on_thresholds():
+    # Integer maps spanning exactly [0, 200] put the thresholds on 0, 1, ..., 199, so many
+    # pixels equal a threshold and the strict "map > th" matters for PRO and FPR alike.
+    scores, labels, _, masks = make_case(seed=10, size=16)
+    rng = np.random.default_rng(10)
+    maps = rng.integers(0, 201, size=masks.shape).astype(np.float32)
+    maps[:, 0, 0], maps[:, -1, -1] = 0, 200
+    maps[masks] = np.minimum(maps[masks] + 60, 200)
+    m = compute_metrics(scores, labels, maps, masks)
+    assert abs(m["pixel_pro_paper"] - ref_pro_paper(maps, masks)) < TOL
+
+
+def test_pro_paper_degenerate_images():
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, 1:3, 1:3] = True
+    constant = np.ones((1, 4, 4), dtype=np.float32)
+    assert compute_metrics([1.0], [1], constant, mask)["pixel_pro_paper"] == 0.0
+    perfect = mask.astype(np.float32)  # every normal pixel at the minimum: FPR always 0
+    assert compute_metrics([1.0], [1], perfect, mask)["pixel_pro_paper"] == 1.0
+    perfect[0, 1, 1] = 0  # one anomalous pixel at the minimum is never "> th": PRO 3/4
+    assert compute_metrics([1.0], [1], perfect, mask)["pixel_pro_paper"] == 0.75
+
+
+def test_all_normal_test_set():
+    scores, labels, maps, masks = make_case(seed=7)
+    m = compute_metrics(scores, np.zeros_like(labels), maps, np.zeros_like(masks))
+    names = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", "pixel_auroc",
+             "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper")
+    assert all(m[k] is None for k in names)
+    assert set(m["undefined"]) == set(names)
+    assert m["undefined"]["image_auroc"] == "test set has no anomalous images"
+
+
+def test_labelled_images_without_anomalous_pixels():
+    scores, labels, maps, masks = make_case(seed=8)
+    m = compute_metrics(scores, labels, maps, np.zeros_like(masks))
+    assert m["image_auroc"] is not None
+    assert {"pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper"} == set(m["undefined"])
+    m = compute_metrics(scores, np.ones_like(labels), maps, masks)
+    assert m["image_auroc"] is None and m["undefined"]["image_f1"] == "test set has no normal images"
+    assert m["pixel_auroc"] is not None
+
+
+def test_soft_masks_rejected():
+    scores, labels, maps, masks = make_case(seed=9)
+    with pytest.raises(ValueError):
+        compute_metrics(scores, labels, maps, masks * 0.5)
