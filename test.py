@@ -3,11 +3,23 @@ Evaluate a Reverse Distillation checkpoint on one category's test split.
 
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth
     $ python test.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
+    $ python test.py --checkpoint=runs/bottle/checkpoint.pth --save_images=3   # + 3 picture strips per defect type
+    $ python test.py --checkpoint=runs/bottle/checkpoint.pth --images=photos/  # score new images, no labels needed
 
 For every test image: the teacher's and the student's three feature maps, per tap 1 - cosine similarity
 along channels, upsampled (bilinear, align_corners=True) to the image size, summed ('add') or multiplied
 ('mul'), blurred with a sigma-4 Gaussian (scipy.ndimage.gaussian_filter semantics). Image score = map max.
-Writes <out_dir>/<category>/results.json (image/pixel AUROC, F1-max, AP, AUPRO, ...) and scores.csv.
+Writes <out_dir>/<category>/results.json (image/pixel AUROC, F1-max, AP, AUPRO, ...) and scores.csv, and
+with --save_images=K images/<type>_<name>.png for the first K test images of each type (folder under test/):
+input | ground-truth outline in red | anomaly heatmap with the image score.
+
+With --images=DIR it scores every image of DIR instead (the test split is not loaded) and writes
+<out_dir>/<category>/predict/scores.csv (path,score,label; label 1 = score >= threshold) and a strip
+predict/<file name>.png (input | heatmap) per image. The threshold is --threshold, or the F1-max threshold
+(image_f1_threshold) of the evaluation of this checkpoint in results.json: evaluate first.
+
+Heatmaps are comparable across a category: the colormap spans the min..max of all the test set's anomaly
+maps (saved as heatmap_range in results.json and reused by --images), not each image's own range.
 
 Our checkpoints carry their training config; for an official one ({'bn', 'decoder'} only) give
 --data_root and --category, and --backbone/--image_size/--weights if not wide_resnet50_2/256/imagenet.
@@ -15,19 +27,21 @@ Our checkpoints carry their training config; for an official one ({'bn', 'decode
 
 import csv
 import io
+import json
 import os
 import sys
 import time
 
 import torch
 
-from dataset import load_test_set
+from dataset import IMAGE_EXTENSIONS, list_images, load_all, load_image, load_test_set
 from model import build_model
 from utils.anomaly_map import predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.io import atomic_write, atomic_write_json, load_checkpoint, run_dir
 from utils.metrics import compute_metrics
 from utils.seeding import resolve_device
+from utils.visualize import evaluation_strip, prediction_strip, save_png
 
 # -----------------------------------------------------------------------------
 checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
@@ -41,9 +55,12 @@ batch_size = 16  # test batch; does not change any score
 map_mode = "add"  # add | mul: how the three per-tap maps are combined
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks; maps stay float32
+save_images = 0  # picture strips of up to this many test images per defect type in <out_dir>/<category>/images/
+images = ""  # a folder of new images to score instead of evaluating; writes <out_dir>/<category>/predict/
+threshold = None  # --images: a score >= threshold is anomalous; None: image_f1_threshold from results.json
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))]
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, type(None)))]
 
 # what an official checkpoint, which carries no config, was trained with
 OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
@@ -58,7 +75,7 @@ def resolve_settings(ckpt):
         if name in ("backbone", "image_size") and given and "config" in ckpt and given != saved:
             raise ConfigError(f"--{name}={given}: {checkpoint} was trained with {name}={saved}")
         settings[name] = given or saved
-        if not settings[name]:
+        if not settings[name] and not (name == "data_root" and images):  # scoring a folder needs no data_root
             raise ConfigError(f"--{name} is required: {checkpoint} does not say which {name} it was trained on")
     settings["seed"] = trained.get("seed", 0)
     return settings
@@ -77,12 +94,74 @@ def load_model(ckpt, settings, dev):
     return encoder.to(dev), ocbe.to(dev), decoder.to(dev)
 
 
-def write_scores_csv(path, paths, labels, scores):
+def write_csv(path, header, rows):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "score"])
-    writer.writerows((p, int(label), f"{score:.6f}") for p, label, score in zip(paths, labels, scores))
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):
+    """images/<type>_<name>.png for the first save_images test images of each type; returns how many."""
+    written = {}
+    for image, mask, amap, score, path in zip(test_images, masks, maps, scores.tolist(), paths):
+        defect = os.path.basename(os.path.dirname(path))  # path is 'test/<type>/<file>'
+        if written.get(defect, 0) < save_images:
+            name = f"{defect}_{os.path.splitext(os.path.basename(path))[0]}.png"
+            save_png(os.path.join(folder, "images", name), evaluation_strip(image, mask, amap, score, heat_range, image_threshold))
+            written[defect] = written.get(defect, 0) + 1
+    return sum(written.values())
+
+
+def load_evaluation(folder, settings):
+    """results.json of this checkpoint's evaluation at the current image_size and map_mode, or {} if none."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except ValueError:
+        raise ConfigError(f"{path}: not valid JSON; evaluate again with python test.py --checkpoint={checkpoint}") from None
+    same = (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint)
+            and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
+    return saved if same else {}
+
+
+def score_folder(ckpt, settings, dev):
+    """Score every image of the folder `images`, label it with the threshold, write predict/ (see the docstring)."""
+    if not os.path.isdir(images):
+        raise ConfigError(f"images={images}: no such folder")
+    paths, n_other = list_images(images)
+    if not paths:
+        raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    folder = run_dir(settings["out_dir"], settings["category"])
+    evaluation = load_evaluation(folder, settings)
+    image_threshold = threshold if threshold is not None else evaluation.get("image_f1_threshold")
+    if image_threshold is None:
+        results_path = os.path.join(folder, "results.json")
+        problem = "does not exist" if not os.path.isfile(results_path) else (
+            f"holds no image_f1_threshold of checkpoint={checkpoint} at image_size={settings['image_size']}, map_mode={map_mode}")
+        raise ConfigError(f"no threshold: {results_path} {problem}; evaluate first (python test.py --checkpoint={checkpoint}) or pass --threshold=VALUE")
+    if n_other:
+        print(f"{images}: ignored {n_other} non-image files")
+    encoder, ocbe, decoder = load_model(ckpt, settings, dev)
+    new_images = torch.stack(load_all(load_image, paths, [settings["image_size"]] * len(paths)))  # (N,3,S,S) uint8
+    maps, scores = predict(encoder, ocbe, decoder, new_images, batch_size, map_mode, amp)  # (N,S,S), (N,)
+    # the evaluation's colour scale where there is one, so these strips compare with the test set's
+    heat_range = evaluation.get("heatmap_range") or (float(maps.min()), float(maps.max()))
+    labels = [int(score >= image_threshold) for score in scores.tolist()]
+    predict_folder = os.path.join(folder, "predict")
+    for path, image, amap, score in zip(paths, new_images, maps, scores.tolist()):
+        name = os.path.basename(path)
+        name = name if name.lower().endswith(".png") else name + ".png"
+        save_png(os.path.join(predict_folder, name), prediction_strip(image, amap, score, heat_range, image_threshold))
+    write_csv(os.path.join(predict_folder, "scores.csv"), ["path", "score", "label"],
+              ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores.tolist(), labels)))
+    source = "--threshold" if threshold is not None else "image_f1_threshold of results.json"
+    print(f"{images}: {sum(labels)} of {len(paths)} images anomalous (score >= {image_threshold:.6f}, {source})")
+    print(f"wrote {os.path.join(predict_folder, 'scores.csv')} and {len(paths)} strips")
 
 
 def main():
@@ -93,14 +172,24 @@ def main():
         raise ConfigError(f"--map_mode={map_mode}: must be add or mul")
     if batch_size < 1:
         raise ConfigError(f"--batch_size={batch_size}: must be at least 1")
+    if not isinstance(save_images, int) or save_images < 0:
+        raise ConfigError(f"--save_images={save_images}: must be a number of images per defect type, 0 for none")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ConfigError(f"--threshold={threshold}: must be a number")
+    if threshold is not None and not images:
+        raise ConfigError(f"--threshold={threshold}: only used with --images=DIR")
+    if save_images and images:
+        raise ConfigError(f"--save_images={save_images}: only used by the evaluation; --images=DIR draws a strip for every image")
     dev = torch.device(resolve_device(device))
     ckpt = load_checkpoint(checkpoint)
     settings = resolve_settings(ckpt)
+    if images:
+        return score_folder(ckpt, settings, dev)
     encoder, ocbe, decoder = load_model(ckpt, settings, dev)
-    images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
+    test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
 
     t0 = time.time()
-    maps, scores = predict(encoder, ocbe, decoder, images, batch_size, map_mode, amp)  # (N,S,S), (N,)
+    maps, scores = predict(encoder, ocbe, decoder, test_images, batch_size, map_mode, amp)  # (N,S,S), (N,)
     predict_seconds = time.time() - t0
     metrics = compute_metrics(scores, labels, maps, masks)
 
@@ -109,15 +198,20 @@ def main():
         "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": checkpoint, "backbone": settings["backbone"], "weights": settings["weights"],
         "image_size": settings["image_size"], "map_mode": map_mode, "seconds_per_image": predict_seconds / len(labels),
+        "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
         "train_config": ckpt.get("config"),  # None for official checkpoints
     }
     atomic_write_json(os.path.join(folder, "results.json"), results)
-    write_scores_csv(os.path.join(folder, "scores.csv"), paths, labels.tolist(), scores.tolist())
+    write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
+              ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
     shown = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
     print(f"{settings['category']}: " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in shown))
     for name, reason in metrics["undefined"].items():
         print(f"  {name} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")
+    if save_images:
+        n_strips = save_test_strips(folder, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])
+        print(f"wrote {n_strips} picture strips to {os.path.join(folder, 'images')}")
 
 
 if __name__ == "__main__":
