@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from utils.config import ConfigError
+from utils.io import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,9 +43,11 @@ def open_image(path):
         with Image.open(path) as img:
             img.load()  # decode now, so a truncated file fails here with its name
             return img
-    except Exception as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Image.UnidentifiedImageError:
+        detail = "empty file" if os.path.getsize(path) == 0 else "not in an image format PIL reads"
         raise ConfigError(f"{path}: unreadable image ({detail})") from None
+    except Exception as e:
+        raise ConfigError(f"{path}: unreadable image ({first_line(e)})") from None
 
 
 def load_image(path, size):
@@ -78,7 +81,7 @@ def category_dir(data_root, category):
     if not os.path.isdir(data_root):
         raise ConfigError(f"data_root={data_root}: no such folder")
     folder = os.path.join(data_root, category)
-    if not os.path.isdir(folder):
+    if not category or not os.path.isdir(folder):
         found = sorted(d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d)))
         raise ConfigError(f"category={category}: no folder {folder} (found: {', '.join(found) or 'none'})")
     return folder

@@ -60,7 +60,7 @@ images = ""  # a folder of new images to score instead of evaluating; writes <ou
 threshold = None  # --images: a score >= threshold is anomalous; None: image_f1_threshold from results.json
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
 
 # what an official checkpoint, which carries no config, was trained with
 OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
@@ -185,8 +185,8 @@ def main():
     settings = resolve_settings(ckpt)
     if images:
         return score_folder(ckpt, settings, dev)
-    encoder, ocbe, decoder = load_model(ckpt, settings, dev)
     test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
+    encoder, ocbe, decoder = load_model(ckpt, settings, dev)
 
     t0 = time.time()
     maps, scores = predict(encoder, ocbe, decoder, test_images, batch_size, map_mode, amp)  # (N,S,S), (N,)

@@ -49,7 +49,7 @@ resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
 overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple))]
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
 # a resumed run must have been trained with the same values of these
 resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
 
@@ -60,10 +60,11 @@ def check_config():
         (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
         (batch_size >= 1, "batch_size", "at least 1"),
         (epochs >= 1, "epochs", "at least 1"),
-        (lr > 0, "lr", "positive"),
+        (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
         (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
         (save_every >= 1, "save_every", "at least 1"),
-        (not (resume and overwrite), "resume", "not combined with overwrite=True"),
+        (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
+        (not (resume and overwrite), "resume", "left off when overwrite=True"),
     ]
     for ok, name, expected in checks:
         if not ok:
@@ -94,9 +95,10 @@ def main():
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
 
     set_seed(seed, deterministic)
+    # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
+    images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
     encoder, ocbe, decoder = build_model(backbone, weights, seed)
     encoder, ocbe, decoder = encoder.to(dev), ocbe.to(dev), decoder.to(dev)
-    images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
     optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=lr, betas=betas)
 
     steps_per_epoch = math.ceil(len(images) / batch_size)
@@ -110,14 +112,15 @@ def main():
         decoder.load_state_dict(checkpoint["decoder"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
+        if step > epochs * steps_per_epoch:
+            raise ConfigError(f"--epochs={epochs}: {path} has already trained {step // steps_per_epoch} epochs; resume with at least that many")
         log(f"resuming {path} at epoch {step // steps_per_epoch + 1}, step {step}")
     elif resume:
         log(f"resume: no checkpoint at {path}, starting from scratch")
-    if rank == 0:
-        atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)
 
     def save():
         if rank == 0:
+            atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)  # beside its checkpoint
             checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": step // steps_per_epoch, "step": step, "config": config}
             save_checkpoint(path, checkpoint)
@@ -150,14 +153,16 @@ def main():
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 teacher = encoder(x)  # 3 taps, no graph kept: the teacher is frozen
                 reconstructed = student(teacher)
-            loss = cosine_loss(teacher, reconstructed)
+            # a last batch smaller than the number of processes leaves some an empty shard: they still join
+            # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+            loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
             # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
             (loss * len(shard) * world_size / len(batch)).backward()
             loss = loss.detach() * len(shard) / len(batch)
             if world_size > 1:
                 dist.all_reduce(loss)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last good checkpoint (try a lower lr)")
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

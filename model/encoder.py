@@ -17,6 +17,7 @@ import torch.nn as nn
 import torchvision
 
 from utils.config import ConfigError
+from utils.io import safe_load
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "wide_resnet101_2")
 
@@ -65,10 +66,7 @@ def load_imagenet_state_dict(backbone):
 def load_state_dict_file(path):
     if not os.path.isfile(path):
         raise ConfigError(f"weights={path}: no such file (expected a torchvision state dict, 'imagenet' or 'none')")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"weights={path}: not a loadable torch state dict ({type(e).__name__}: {e})") from None
+    state_dict = safe_load(path, "weights")
     if not isinstance(state_dict, dict):
         raise ConfigError(f"weights={path}: expected a state dict, found {type(state_dict).__name__}")
     return state_dict

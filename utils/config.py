@@ -8,6 +8,7 @@ an int is accepted for a float, 0/1 for a bool, anything for a None default. Err
 """
 
 import ast
+import errno
 import sys
 
 
@@ -29,11 +30,16 @@ def parse_value(name, raw, default):
             return bool(value)
     elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    elif isinstance(default, tuple) and isinstance(value, (tuple, list)) and len(value) == len(default):
-        return tuple(parse_value(name, repr(v), d) for v, d in zip(value, default))
+    elif isinstance(default, tuple):
+        try:
+            if isinstance(value, (tuple, list)) and len(value) == len(default):
+                return tuple(parse_value(name, repr(v), d) for v, d in zip(value, default))
+        except ConfigError:
+            pass  # a wrong element: report the whole value below
     elif type(value) is type(default):
         return value
-    raise ConfigError(f"--{name}={raw}: expected a {type(default).__name__} like {default!r}")
+    kind = type(default).__name__
+    raise ConfigError(f"--{name}={raw}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} like {default!r}")
 
 
 def apply_overrides(settings, argv, keys):
@@ -48,8 +54,8 @@ def apply_overrides(settings, argv, keys):
 
 
 def run_cli(main, debug):
-    """Run a script's main(): a user error (ConfigError) or a stopped run (FloatingPointError) prints one
-    line and exits non-zero, without a traceback unless debug() is true (--debug=1)."""
+    """Run a script's main(): a user error (ConfigError), a stopped run (FloatingPointError) or a full disk
+    prints one line and exits non-zero, without a traceback unless debug() is true (--debug=1)."""
     try:
         main()
     except (ConfigError, FloatingPointError) as e:
@@ -57,3 +63,8 @@ def run_cli(main, debug):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debug():
+            raise
+        print(f"error: {e.filename or 'output'}: no space left on the disk; the files written before are intact", file=sys.stderr)
+        sys.exit(1)

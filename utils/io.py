@@ -8,7 +8,9 @@ Ctrl-C or a full disk leaves either the old file or the new one, never half of o
 import json
 import os
 import pickle
+import re
 import tempfile
+import warnings
 
 import torch
 
@@ -52,21 +54,54 @@ def atomic_write_json(path, obj):
 
 
 def save_checkpoint(path, checkpoint):
-    atomic_write(path, lambda f: torch.save(checkpoint, f))
+    try:
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+    except RuntimeError as e:
+        # torch.save's zip writer replaces a failed write (a full disk, Ctrl-C) by its own "unexpected pos" error
+        if isinstance(e.__context__, (OSError, KeyboardInterrupt)):
+            raise e.__context__ from None
+        raise
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name if the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def safe_load(path, setting, device="cpu"):
+    """torch.load(path, weights_only=True); every failure is a one-line ConfigError naming --setting=path.
+
+    weights_only=True unpickles only tensors and plain containers: a file that would call a function or build
+    an object while loading (the way a malicious pickle runs code) is refused before anything in it runs."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{setting}={path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"{setting}={path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about a plain pickle's protocol just before it refuses the file: noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)\s", str(e))  # a module.name it would import
+        if unsafe:
+            raise ConfigError(f"{setting}={path}: refused to load, unpickling it would call {unsafe.group(1)}; "
+                              f"only tensors and plain values are loaded (anything else could run code)") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        detail = (detail.group(1) if detail else first_line(e)).split(". ")[0][:80]
+        raise ConfigError(f"{setting}={path}: not a file saved by torch.save ({detail})") from None
+    except Exception as e:
+        detail = first_line(e).split(". ")[0]  # torch's zip errors go on for several sentences
+        raise ConfigError(f"{setting}={path}: not a readable torch.save file, truncated or corrupted? ({detail})") from None
 
 
 def load_checkpoint(path, device="cpu"):
-    """torch.load with weights_only=True: a checkpoint holds tensors and plain values, and a file that would
-    run code while unpickling is refused instead of executed."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint={path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0] if "weights_only" not in str(e) else "it would run code or load objects other than tensors"
-        raise ConfigError(f"checkpoint={path}: refused to load, {reason}") from None
-    except Exception as e:
-        raise ConfigError(f"checkpoint={path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(checkpoint, dict) or "bn" not in checkpoint or "decoder" not in checkpoint:
-        raise ConfigError(f"checkpoint={path}: not a Reverse Distillation checkpoint (expected the keys 'bn' and 'decoder')")
+    """A checkpoint of train.py or the official code ({'bn', 'decoder'} state dicts, maybe 'config'), loaded
+    with safe_load: a file that would run code while unpickling is refused instead of executed."""
+    checkpoint = safe_load(path, "checkpoint", device)
+    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), dict) for k in ("bn", "decoder")):
+        raise ConfigError(f"checkpoint={path}: not a Reverse Distillation checkpoint (expected the state dicts 'bn' and 'decoder')")
+    if not isinstance(checkpoint.get("config", {}), dict):
+        raise ConfigError(f"checkpoint={path}: its 'config' is a {type(checkpoint['config']).__name__}, expected the dict train.py saves")
     return checkpoint

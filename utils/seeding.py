@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import torch
 
+from utils.config import ConfigError
+
 
 def set_seed(seed, deterministic=False):
     """Seed python, numpy and torch (all devices). Called again for every category, so that one category's
@@ -21,4 +23,13 @@ def set_seed(seed, deterministic=False):
 
 
 def resolve_device(device):
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    """'auto' is cuda where there is a GPU, else cpu; an unknown device or a missing GPU is a ConfigError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device={device}: unknown device, expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device={device}: this machine has {torch.cuda.device_count()} CUDA devices; use --device=cpu or auto")
+    return device

@@ -1,0 +1,295 @@
+"""
+Nothing run, nothing lost, the same result twice: a checkpoint that would run code is refused, outputs are
+written atomically (a full disk keeps the previous file), Ctrl-C and SIGTERM save a checkpoint that resumes to
+exactly the uninterrupted result, a NaN loss stops with the last good checkpoint kept, and two seeded
+deterministic runs give bit-identical checkpoints and scores.
+
+Run: python -m pytest -q tests/test_reliability.py   (about two minutes on 2 CPU cores)
+"""
+
+import errno
+import hashlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, SMALL, run_script
+from test_errors import assert_user_error, run_main, snapshot
+from utils.io import atomic_write_json, ckpt_path, load_checkpoint, save_checkpoint
+
+# 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_every=100, so only the last epoch
+# and a signal save a checkpoint
+SHORT = ["--category=stripes", "--epochs=3", "--batch_size=2", "--save_every=100", "--seed=3", *SMALL]
+TRAIN = [*SHORT, "--deterministic=1"]  # in subprocesses only: it sets torch's global deterministic mode
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Bit-identical nested checkpoints: tensors by torch.equal, everything else by ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# a checkpoint cannot run code
+
+
+class Payload:
+    """Unpickling this calls open(marker, 'w'): a harmless stand-in for the code a malicious checkpoint runs."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def malicious(tmp_path):
+    """(marker, the payload in torch.save's zip format, the payload as a plain protocol-2 pickle)."""
+    marker = tmp_path / "payload_ran"
+    zipped, pickled = tmp_path / "malicious.pth", tmp_path / "malicious.pkl"
+    torch.save({"bn": Payload(str(marker)), "decoder": {}}, zipped)
+    with open(pickled, "wb") as f:
+        pickle.dump({"bn": Payload(str(marker)), "decoder": {}}, f, protocol=2)
+    return marker, zipped, pickled
+
+
+def test_the_payload_is_live(malicious):
+    """Unpickled without weights_only, both files do run their payload: the refusals below are what stops them."""
+    marker, zipped, pickled = malicious
+    torch.load(zipped, weights_only=False)["bn"].close()  # the payload's return value: an open file
+    assert marker.exists()
+    marker.unlink()
+    with open(pickled, "rb") as f:
+        pickle.load(f)["bn"].close()
+    assert marker.exists()
+
+
+def test_test_py_refuses_a_malicious_checkpoint(malicious, data_root, tmp_path):
+    marker, zipped, _ = malicious
+    out_dir = tmp_path / "runs"
+    result = run_script("test.py", f"--checkpoint={zipped}", f"--data_root={data_root}", "--category=stripes",
+                        f"--out_dir={out_dir}", *SMALL, check=False)
+    assert_user_error(result, f"checkpoint={zipped}", "refused", "io.open")
+    assert not marker.exists()
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("form", ["zip", "pickle"])
+def test_resume_refuses_a_malicious_checkpoint(malicious, data_root, tmp_path, form):
+    marker, zipped, pickled = malicious
+    out_dir = tmp_path / "runs"
+    (out_dir / "stripes").mkdir(parents=True)
+    os.replace(zipped if form == "zip" else pickled, out_dir / "stripes" / "checkpoint.pth")
+    before = snapshot(out_dir)
+    result = run_main("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--resume=1", *SHORT)
+    assert_user_error(result, f"checkpoint={out_dir / 'stripes' / 'checkpoint.pth'}", "refused", "io.open")
+    assert not marker.exists()
+    assert snapshot(out_dir) == before
+
+
+@pytest.mark.parametrize("form", ["zip", "pickle"])
+def test_teacher_weights_refuse_a_malicious_file(malicious, data_root, tmp_path, form):
+    marker, zipped, pickled = malicious
+    path = zipped if form == "zip" else pickled
+    out_dir = tmp_path / "runs"
+    result = run_main("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *SHORT, f"--weights={path}")
+    assert_user_error(result, f"weights={path}", "refused", "io.open")
+    assert not marker.exists()
+    assert not out_dir.exists()
+
+
+def test_every_torch_load_is_weights_only():
+    """No load path in the code (scripts, utils, model) unpickles with weights_only=False, or with torch's default."""
+    import ast
+    calls = []
+    for folder, _, names in os.walk(ROOT):
+        parts = os.path.relpath(folder, ROOT).split(os.sep)
+        if parts[0] in ("tests", "data") or any(p.startswith(".") and p != "." for p in parts):
+            continue
+        for name in (n for n in names if n.endswith(".py")):
+            with open(os.path.join(folder, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("load", "get_state_dict"):
+                    source = ast.unparse(node.func)
+                    if source in ("torch.load", "weights.get_state_dict", "torch.hub.load_state_dict_from_url"):
+                        safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                        calls.append((os.path.relpath(os.path.join(folder, name), ROOT), node.lineno, safe))
+    assert len(calls) >= 2 and all(safe for *_, safe in calls), calls
+
+
+# -----------------------------------------------------------------------------
+# atomic writes
+
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails the way a full disk does (or is interrupted by Ctrl-C)."""
+
+    def __init__(self, f, room, error):
+        self.f, self.room, self.error, self.written = f, room, error, 0
+
+    def write(self, data):
+        n = min(len(data), self.room - self.written)
+        self.f.write(bytes(data[:n]))
+        self.written += n
+        if n < len(data):
+            raise self.error
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()], ids=["ENOSPC", "Ctrl-C"])
+@pytest.mark.parametrize("name, write", [
+    ("checkpoint.pth", lambda path, n: save_checkpoint(path, {"bn": {"w": torch.full((n,), 1.0)}, "decoder": {}, "step": n})),
+    ("results.json", lambda path, n: atomic_write_json(path, {"scores": list(range(n))})),
+])
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, name, write, error):
+    path = str(tmp_path / "stripes" / name)
+    write(path, 10)
+    before = snapshot(tmp_path)
+    files = []
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):  # atomic_write's temporary file, filling up after 1000 bytes
+        files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return FullDisk(real_fdopen(fd, *args, **kwargs), 1000, error)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdopen", fdopen)
+        with pytest.raises(type(error)) as raised:
+            write(path, 100_000)
+    assert raised.value is error  # not swallowed, not replaced by another error
+    assert len(files) == 1 and os.path.dirname(files[0]) == os.path.dirname(path) and files[0] != path
+    assert snapshot(tmp_path) == before  # old file byte-identical, the partial temporary file gone
+    if name == "checkpoint.pth":
+        assert load_checkpoint(path)["step"] == 10
+
+
+# -----------------------------------------------------------------------------
+# signals and resuming
+
+
+@pytest.fixture(scope="module")
+def deterministic_runs(data_root, tmp_path_factory):
+    """Two uninterrupted runs with the same seed and deterministic=True, in separate processes: their out_dirs."""
+    out_dirs = [tmp_path_factory.mktemp(f"deterministic_{i}") for i in range(2)]
+    for out_dir in out_dirs:
+        run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN)
+    return out_dirs
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, deterministic_runs, signum):
+    out_dir = tmp_path / "runs"
+    args = [sys.executable, "train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        for line in process.stdout:  # the end of epoch 1: training is under way, 8 steps to go
+            if line.startswith("epoch 1/3"):
+                process.send_signal(signum)
+                break
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signum, stderr
+    assert f"stopped by signal {int(signum)}" in stdout and "Traceback" not in stderr
+    path = ckpt_path(str(out_dir), "stripes")
+    assert sorted(os.listdir(out_dir / "stripes")) == ["checkpoint.pth", "config.json"]  # no temporary files
+    stopped = load_checkpoint(path)
+    assert 4 < stopped["step"] < 12, stopped["step"]
+
+    resumed = run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--resume=1", *TRAIN)
+    assert f"step {stopped['step']}" in resumed.stdout
+    final, uninterrupted = load_checkpoint(path), load_checkpoint(ckpt_path(str(deterministic_runs[0]), "stripes"))
+    for key in ("bn", "decoder", "optimizer", "step", "epoch"):
+        assert_same(final[key], uninterrupted[key], key)
+
+
+# -----------------------------------------------------------------------------
+# NaN / inf loss
+
+
+def test_diverging_lr_stops_and_keeps_the_previous_checkpoint(data_root, tmp_path):
+    """--lr=1e30 sends the loss to NaN within two steps; the checkpoint that was there is kept as it was."""
+    out_dir = tmp_path / "runs"
+    path = out_dir / "stripes" / "checkpoint.pth"
+    save_checkpoint(str(path), {"bn": {}, "decoder": {}, "step": 7})  # an earlier run's, small stand-in
+    before = digest(path)
+    result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
+                      "--overwrite=1", "--lr=1e30", "--epochs=2", "--batch_size=4", "--save_every=1", *SMALL)
+    assert result.returncode == 1
+    assert_user_error(result, "loss is nan", path)
+    assert digest(path) == before and load_checkpoint(str(path))["step"] == 7
+    assert not [f for f in os.listdir(path.parent) if f.endswith(".tmp")]
+
+
+def test_nan_after_a_save_keeps_that_save(data_root, tmp_path, monkeypatch):
+    """The loss turns NaN at step 3 (in epoch 2); the checkpoint of epoch 1 (step 2) is what remains, unchanged."""
+    import utils.anomaly_map
+    out_dir = tmp_path / "runs"
+    path = out_dir / "stripes" / "checkpoint.pth"
+    real_loss, calls, saved = utils.anomaly_map.cosine_loss, [], []
+
+    def poisoned_loss(teacher, student):
+        calls.append(1)
+        loss = real_loss(teacher, student)
+        if len(calls) == 4:
+            saved.append(digest(path))  # the checkpoint as it is when the bad step comes
+            return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(utils.anomaly_map, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
+    result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
+                      "--epochs=3", "--batch_size=4", "--save_every=1", *SMALL)
+    assert_user_error(result, "loss is nan at epoch 2, step 3", path)
+    assert len(calls) == 4 and digest(path) == saved[0]
+    checkpoint = load_checkpoint(str(path))
+    assert checkpoint["step"] == 2
+    assert all(torch.isfinite(v).all() for part in ("bn", "decoder") for v in checkpoint[part].values() if v.is_floating_point())
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json"]
+
+
+# -----------------------------------------------------------------------------
+# determinism
+
+
+def test_same_seed_gives_bit_identical_checkpoints_and_scores(deterministic_runs):
+    first, second = (load_checkpoint(ckpt_path(str(d), "stripes")) for d in deterministic_runs)
+    for key in ("bn", "decoder", "optimizer", "step"):
+        assert_same(first[key], second[key], key)
+    for out_dir in deterministic_runs:
+        result = run_main("test.py", f"--checkpoint={ckpt_path(str(out_dir), 'stripes')}", "--device=cpu")
+        assert result.returncode == 0, result.stderr
+    first, second = ((d / "stripes" / "scores.csv").read_bytes() for d in deterministic_runs)
+    assert first == second and len(first.splitlines()) == 1 + 11
