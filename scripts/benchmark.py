@@ -1,0 +1,98 @@
+"""
+Speed and memory of Reverse Distillation training and inference, on random images (no data needed).
+
+    $ python scripts/benchmark.py --device=cpu --backbone=wide_resnet50_2 --image_size=256 --batch_size=4
+    $ python scripts/benchmark.py --device=cuda --batch_size=16 --amp=1 --compile=1 --channels_last=1
+    $ python scripts/benchmark.py --device=cpu --batch_size=4 --teacher_grad=1   # the official code's step
+
+Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs), inference images/s
+(teacher + student + anomaly map + blur, utils.anomaly_map.predict), peak memory (process RSS on CPU,
+max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
+keeps the teacher's autograd graph as the official code does, to measure what that costs.
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset import normalize  # noqa: E402
+from model import build_model  # noqa: E402
+from utils.anomaly_map import cosine_loss, predict  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
+parser.add_argument("--backbone", default="wide_resnet50_2", help="default: wide_resnet50_2")
+parser.add_argument("--image_size", type=int, default=256, help="default: 256")
+parser.add_argument("--batch_size", type=int, default=16, help="default: 16")
+parser.add_argument("--steps", type=int, default=5, help="timed training steps and inference batches (default: 5)")
+parser.add_argument("--amp", type=int, default=0, help="bf16 autocast, 0 | 1 (default: 0)")
+parser.add_argument("--compile", type=int, default=0, help="torch.compile the student, 0 | 1 (default: 0)")
+parser.add_argument("--channels_last", type=int, default=0, help="channels_last memory format, 0 | 1 (default: 0)")
+parser.add_argument("--teacher_grad", type=int, default=0, help="official-code step: teacher kept in autograd, 0 | 1 (default: 0)")
+args = parser.parse_args()
+
+dev = torch.device(args.device)
+torch.backends.cudnn.benchmark = True
+torch.manual_seed(0)
+encoder, ocbe, decoder = build_model(args.backbone, weights="none")
+memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+encoder, ocbe, decoder = (m.to(dev, memory_format=memory_format) for m in (encoder, ocbe, decoder))
+student = torch.nn.Sequential(ocbe, decoder)
+train_student = torch.compile(student) if args.compile else student
+optimizer = torch.optim.Adam(student.parameters(), lr=0.005, betas=(0.5, 0.999), fused=True)
+images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, device=dev)
+if args.teacher_grad:
+    encoder.requires_grad_(True)
+    teacher_forward = encoder.forward.__wrapped__.__get__(encoder)  # without the no_grad the Encoder adds
+else:
+    teacher_forward = encoder
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step():
+    x = normalize(images).contiguous(memory_format=memory_format)  # (B,3,S,S)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
+        teacher = teacher_forward(x)
+        student_features = train_student(teacher)
+    loss = cosine_loss(teacher, student_features)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def timed(function, steps):
+    function()  # warm-up: cudnn autotuning, compilation, allocator
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        function()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+student.train()
+step_seconds = timed(train_step, args.steps)
+train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+infer_seconds = timed(lambda: predict(encoder, ocbe, decoder, images, args.batch_size, amp=bool(args.amp)), args.steps)
+
+train_ips = args.batch_size / step_seconds
+print(f"{args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
+      f"channels_last {args.channels_last} teacher_grad {args.teacher_grad} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s")
+print(f"inference: {infer_seconds / args.batch_size:.4f} s/image, {args.batch_size / infer_seconds:.1f} images/s (map + blur included)")
+if dev.type == "cuda":
+    print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated")
+else:
+    print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS")
+print(f"projected: one category (280 images x 200 epochs) trains in {280 * 200 / train_ips / 60:.1f} min")

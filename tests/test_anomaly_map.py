@@ -1,0 +1,57 @@
+"""The anomaly map: the device blur equals scipy's gaussian_filter, maps follow the SPEC's formula, and the
+test batch size changes no score."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+from model import build_model
+from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, predict
+
+
+@pytest.mark.parametrize("shape", [(3, 256, 256), (2, 64, 48), (1, 7, 5), (1, 1, 40)])
+def test_blur_equals_scipy(shape):
+    torch.manual_seed(0)
+    maps = torch.rand(*shape) * 3
+    ours = gaussian_blur(maps).numpy()
+    reference = np.stack([gaussian_filter(m, sigma=4) for m in maps.numpy().astype(np.float64)])
+    value_range = reference.max() - reference.min() or 1.0
+    assert np.abs(ours - reference).max() <= 1e-5 * value_range
+
+
+def test_map_follows_the_formula():
+    torch.manual_seed(1)
+    teacher = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+    student = [t + 0.5 * torch.randn_like(t) for t in teacher]
+    for mode, combine in (("add", np.add), ("mul", np.multiply)):
+        expected = None
+        for t, s in zip(teacher, student):
+            d = 1 - F.cosine_similarity(t, s, dim=1)[:, None]
+            d = F.interpolate(d, size=32, mode="bilinear", align_corners=True)[:, 0].numpy().astype(np.float64)
+            expected = d if expected is None else combine(expected, d)
+        expected = np.stack([gaussian_filter(m, sigma=4) for m in expected])
+        assert np.allclose(anomaly_map(teacher, student, 32, mode).numpy(), expected, atol=1e-5)
+
+
+def test_loss_is_zero_for_identical_features_and_flattened():
+    torch.manual_seed(2)
+    features = [torch.randn(3, 4, 8, 8), torch.randn(3, 8, 4, 4)]
+    assert cosine_loss(features, [f.clone() for f in features]).item() == pytest.approx(0.0, abs=1e-6)
+    # the official loss compares whole C*H*W vectors, not pixel by pixel
+    other = [torch.randn_like(f) for f in features]
+    flat = sum((1 - F.cosine_similarity(a.flatten(1), b.flatten(1))).mean() for a, b in zip(features, other))
+    assert cosine_loss(features, other).item() == pytest.approx(flat.item(), abs=1e-6)
+
+
+def test_batch_size_changes_no_score():
+    torch.manual_seed(3)
+    encoder, ocbe, decoder = build_model("resnet18", weights="none")
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    maps1, scores1 = predict(encoder, ocbe, decoder, images, batch_size=1)
+    maps5, scores5 = predict(encoder, ocbe, decoder, images, batch_size=5)
+    assert maps1.shape == (5, 64, 64)
+    assert torch.allclose(scores1, scores5, atol=1e-6)
+    assert torch.allclose(maps1, maps5, atol=1e-6)
+    assert torch.equal(scores1, maps1.flatten(1).amax(1))
