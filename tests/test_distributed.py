@@ -54,7 +54,7 @@ def emulated_ddp_step(data_root, batch_size):
     encoder, ocbe, decoder = build_model("resnet18", "none", SEED)
     modules = {"bn": ocbe, "decoder": decoder}  # the checkpoint's names
     images = load_train_images(data_root, "stripes", SIZE)
-    optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=0.005, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=0.005, betas=(0.5, 0.999), fused=True)  # as train.py
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED + 0))  # epoch 0
     ocbe.train(), decoder.train()
     for batch in order.split(batch_size):
