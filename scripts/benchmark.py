@@ -5,7 +5,8 @@ Speed and memory of Reverse Distillation training and inference, on random image
     $ python scripts/benchmark.py --device=cuda --batch_size=16 --amp=1 --compile=1 --channels_last=1
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --teacher_grad=1   # the official code's step
 
-Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs), inference images/s
+Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
+cache_teacher the teacher's features are computed once, outside the step), inference images/s
 (teacher + student + anomaly map + blur, utils.anomaly_map.predict), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
@@ -34,6 +35,7 @@ parser.add_argument("--amp", type=int, default=0, help="bf16 autocast, 0 | 1 (de
 parser.add_argument("--compile", type=int, default=0, help="torch.compile the student, 0 | 1 (default: 0)")
 parser.add_argument("--channels_last", type=int, default=0, help="channels_last memory format, 0 | 1 (default: 0)")
 parser.add_argument("--teacher_grad", type=int, default=0, help="official-code step: teacher kept in autograd, unfused Adam, 0 | 1 (default: 0)")
+parser.add_argument("--cache_teacher", type=int, default=1, help="train.py's cache_teacher: teacher features computed once, 0 | 1 (default: 1)")
 args = parser.parse_args()
 
 dev = torch.device(args.device)
@@ -59,17 +61,6 @@ def sync():
         torch.cuda.synchronize()
 
 
-def train_step():
-    x = normalize(images).contiguous(memory_format=memory_format)  # (B,3,S,S)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
-        teacher = teacher_forward(x)
-        student_features = train_student(teacher)
-    loss = cosine_loss(teacher, student_features)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def timed(function, steps):
     function()  # warm-up: cudnn autotuning, compilation, allocator
     sync()
@@ -80,6 +71,27 @@ def timed(function, steps):
     return (time.perf_counter() - t0) / steps
 
 
+def teacher_features():
+    x = normalize(images).contiguous(memory_format=memory_format)  # (B,3,S,S)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
+        return teacher_forward(x)  # 3 taps
+
+
+use_cache = bool(args.cache_teacher and not args.teacher_grad)
+cache_seconds = timed(teacher_features, args.steps) if use_cache else 0.0  # once per image and run, not per step
+teacher_cache = teacher_features() if use_cache else None
+
+
+def train_step():
+    teacher = teacher_cache if use_cache else teacher_features()
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
+        student_features = train_student(teacher)
+    loss = cosine_loss(teacher, student_features)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 student.train()
 step_seconds = timed(train_step, args.steps)
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
@@ -88,12 +100,16 @@ if dev.type == "cuda":
 infer_seconds = timed(lambda: predict(encoder, ocbe, decoder, images, args.batch_size, amp=bool(args.amp)), args.steps)
 
 train_ips = args.batch_size / step_seconds
+epochs, n_images = 200, 280
+projected = epochs * n_images / train_ips + n_images * cache_seconds / args.batch_size
 print(f"{args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
-      f"channels_last {args.channels_last} teacher_grad {args.teacher_grad} | torch {torch.__version__}, {torch.get_num_threads()} threads")
-print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s")
+      f"channels_last {args.channels_last} teacher_grad {args.teacher_grad} cache_teacher {int(use_cache)} | "
+      f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
+      + (f" (+ {cache_seconds / args.batch_size:.3f} s per image once, for the teacher cache)" if use_cache else ""))
 print(f"inference: {infer_seconds / args.batch_size:.4f} s/image, {args.batch_size / infer_seconds:.1f} images/s (map + blur included)")
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated")
 else:
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS")
-print(f"projected: one category (280 images x 200 epochs) trains in {280 * 200 / train_ips / 60:.1f} min")
+print(f"projected: one category ({n_images} images x {epochs} epochs) trains in {projected / 60:.1f} min")

@@ -56,12 +56,16 @@ def emulated_ddp_step(data_root, batch_size):
     images = load_train_images(data_root, "stripes", SIZE)
     optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=0.005, betas=(0.5, 0.999), fused=True)  # as train.py
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED + 0))  # epoch 0
+    # train.py's cache_teacher: the teacher's features computed once, in chunks of batch_size in storage order
+    # (the same kernels on the same chunks: Adam's first step amplifies last-bit differences of tiny gradients)
+    chunks = [encoder(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    teacher_cache = [torch.cat(tap) for tap in zip(*chunks)]
     ocbe.train(), decoder.train()
     for batch in order.split(batch_size):
         for rank, shard in enumerate(batch.tensor_split(WORLD_SIZE)):
             if len(shard) == 0:  # a last batch smaller than the world: this process adds nothing
                 continue
-            teacher = encoder(normalize(images[shard]))
+            teacher = [tap[shard] for tap in teacher_cache]
             loss = cosine_loss(teacher, decoder(ocbe(teacher)))
             # train.py's shard weighting, then DDP's average over processes (backward() adds to .grad)
             (loss * len(shard) * WORLD_SIZE / len(batch) / WORLD_SIZE).backward()

@@ -100,10 +100,11 @@ def test_official_checkpoint_parity(data_root, teacher_file, tmp_path):
     assert results["pixel_auroc"] == pytest.approx(ref_pixel_auroc, abs=1e-4)
 
 
-def test_one_step_matches_official_protocol(data_root, teacher_file, tmp_path):
+@pytest.mark.parametrize("cache_teacher", [True, False])
+def test_one_step_matches_official_protocol(data_root, teacher_file, tmp_path, cache_teacher):
     n_train = len(os.listdir(os.path.join(data_root, "stripes", "train", "good")))
     run_script("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
-               f"--batch_size={n_train}", "--seed=42", *SMALL, f"--weights={teacher_file}")
+               f"--batch_size={n_train}", "--seed=42", *SMALL, f"--weights={teacher_file}", f"--cache_teacher={int(cache_teacher)}")
     ckpt = torch.load(tmp_path / "stripes" / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 1
 
