@@ -31,11 +31,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def list_images(folder):
-    """Sorted image files of a folder and the number of other files in it (ignored, but counted)."""
+    """Sorted paths of the image files of a folder; other files are ignored, and counted in a printed note."""
     names = sorted(os.listdir(folder))
     images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
-    others = [n for n in names if n not in images and os.path.isfile(os.path.join(folder, n))]
-    return [os.path.join(folder, n) for n in images], len(others)
+    n_other = sum(n not in images and os.path.isfile(os.path.join(folder, n)) for n in names)
+    if n_other:
+        print(f"{folder}: ignored {n_other} non-image files")
+    return [os.path.join(folder, n) for n in images]
 
 
 def open_image(path):
@@ -77,6 +79,11 @@ def load_all(function, *args):
         return list(pool.map(function, *args))
 
 
+def load_images(paths, size):
+    """The images at paths as one (N,3,size,size) uint8 tensor."""
+    return torch.stack(load_all(load_image, paths, [size] * len(paths)))
+
+
 def category_dir(data_root, category):
     if not os.path.isdir(data_root):
         raise ConfigError(f"data_root={data_root}: no such folder")
@@ -92,12 +99,10 @@ def load_train_images(data_root, category, size):
     folder = os.path.join(category_dir(data_root, category), "train", "good")
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder}: missing; training needs normal images in CATEGORY/train/good")
-    paths, n_other = list_images(folder)
+    paths = list_images(folder)
     if not paths:
         raise ConfigError(f"{folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if n_other:
-        print(f"{folder}: ignored {n_other} non-image files")
-    return torch.stack(load_all(load_image, paths, [size] * len(paths)))
+    return load_images(paths, size)
 
 
 def mask_path_for(category_folder, defect, image_path):
@@ -117,9 +122,7 @@ def load_test_set(data_root, category, size):
         defect_folder = os.path.join(test_folder, defect)
         if not os.path.isdir(defect_folder):
             continue
-        paths, n_other = list_images(defect_folder)
-        if n_other:
-            print(f"{defect_folder}: ignored {n_other} non-image files")
+        paths = list_images(defect_folder)
         masks = [None if defect == "good" else mask_path_for(folder, defect, p) for p in paths]
         for image, mask in zip(paths, masks):
             if mask is not None and not os.path.isfile(mask):
@@ -130,7 +133,7 @@ def load_test_set(data_root, category, size):
         mask_paths += masks
     if not image_paths:
         raise ConfigError(f"{test_folder}: holds no test images")
-    images = torch.stack(load_all(load_image, image_paths, [size] * len(image_paths)))
+    images = load_images(image_paths, size)
     masks = torch.stack(load_all(lambda m, p: torch.zeros(size, size, dtype=torch.bool) if m is None else load_mask(m, size, p), mask_paths, image_paths))
     labels = torch.tensor([m is not None for m in mask_paths], dtype=torch.int64)
     return images, masks, labels, [os.path.relpath(p, folder) for p in image_paths]

@@ -34,11 +34,11 @@ import time
 
 import torch
 
-from dataset import IMAGE_EXTENSIONS, list_images, load_all, load_image, load_test_set
+from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model import build_model
 from utils.anomaly_map import predict
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.io import atomic_write, atomic_write_json, load_checkpoint, run_dir
+from utils.io import atomic_write_json, atomic_write_text, load_checkpoint, run_dir
 from utils.metrics import compute_metrics
 from utils.seeding import resolve_device
 from utils.visualize import evaluation_strip, prediction_strip, save_png
@@ -99,7 +99,7 @@ def write_csv(path, header, rows):
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    atomic_write_text(path, text.getvalue())
 
 
 def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):
@@ -133,7 +133,7 @@ def score_folder(ckpt, settings, dev):
     """Score every image of the folder `images`, label it with the threshold, write predict/ (see the docstring)."""
     if not os.path.isdir(images):
         raise ConfigError(f"images={images}: no such folder")
-    paths, n_other = list_images(images)
+    paths = list_images(images)
     if not paths:
         raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     folder = run_dir(settings["out_dir"], settings["category"])
@@ -144,10 +144,8 @@ def score_folder(ckpt, settings, dev):
         problem = "does not exist" if not os.path.isfile(results_path) else (
             f"holds no image_f1_threshold of checkpoint={checkpoint} at image_size={settings['image_size']}, map_mode={map_mode}")
         raise ConfigError(f"no threshold: {results_path} {problem}; evaluate first (python test.py --checkpoint={checkpoint}) or pass --threshold=VALUE")
-    if n_other:
-        print(f"{images}: ignored {n_other} non-image files")
     encoder, ocbe, decoder = load_model(ckpt, settings, dev)
-    new_images = torch.stack(load_all(load_image, paths, [settings["image_size"]] * len(paths)))  # (N,3,S,S) uint8
+    new_images = load_images(paths, settings["image_size"])  # (N,3,S,S) uint8
     maps, scores = predict(encoder, ocbe, decoder, new_images, batch_size, map_mode, amp)  # (N,S,S), (N,)
     # the evaluation's colour scale where there is one, so these strips compare with the test set's
     heat_range = evaluation.get("heatmap_range") or (float(maps.min()), float(maps.max()))

@@ -41,7 +41,7 @@ betas = (0.5, 0.999)  # Adam betas
 seed = 42  # seeds the OCBE/decoder init, the shuffling and (weights=none) the teacher
 deterministic = False  # deterministic kernels, no cudnn autotuning: reproducible but slower
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
-amp = False  # bf16 autocast for the networks (CUDA); loss and anomaly maps stay float32
+amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
 out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
