@@ -6,15 +6,18 @@ Speed and memory of Reverse Distillation training and inference, on random image
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --teacher_grad=1   # the official code's step
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
-cache_teacher the teacher's features are computed once, outside the step), inference images/s
-(teacher + student + anomaly map + blur, utils.anomaly_map.predict), peak memory (process RSS on CPU,
+cache_teacher the teacher's features are computed once, outside the step), inference images/s (teacher +
+student + anomaly map + blur: utils.anomaly_map.predict on test.py's inference_network, BatchNorms folded
+and channels_last; --plain_inference=1 runs the modules as built instead), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
+Times are medians over --steps calls.
 """
 
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -23,17 +26,18 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import normalize  # noqa: E402
 from model import build_model  # noqa: E402
-from utils.anomaly_map import cosine_loss, predict  # noqa: E402
+from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
 parser.add_argument("--backbone", default="wide_resnet50_2", help="default: wide_resnet50_2")
 parser.add_argument("--image_size", type=int, default=256, help="default: 256")
 parser.add_argument("--batch_size", type=int, default=16, help="default: 16")
-parser.add_argument("--steps", type=int, default=5, help="timed training steps and inference batches (default: 5)")
+parser.add_argument("--steps", type=int, default=5, help="timed training steps and inference batches, the median is printed (default: 5)")
 parser.add_argument("--amp", type=int, default=0, help="bf16 autocast, 0 | 1 (default: 0)")
-parser.add_argument("--compile", type=int, default=0, help="torch.compile the student, 0 | 1 (default: 0)")
-parser.add_argument("--channels_last", type=int, default=0, help="channels_last memory format, 0 | 1 (default: 0)")
+parser.add_argument("--compile", type=int, default=0, help="torch.compile the training student and test.py's scoring, 0 | 1 (default: 0)")
+parser.add_argument("--channels_last", type=int, default=0, help="channels_last memory format for training, 0 | 1 (default: 0)")
+parser.add_argument("--plain_inference", type=int, default=0, help="infer with the modules as built, not test.py's inference_network, 0 | 1 (default: 0)")
 parser.add_argument("--teacher_grad", type=int, default=0, help="official-code step: teacher kept in autograd, unfused Adam, 0 | 1 (default: 0)")
 parser.add_argument("--cache_teacher", type=int, default=1, help="train.py's cache_teacher: teacher features computed once, 0 | 1 (default: 1)")
 args = parser.parse_args()
@@ -62,13 +66,16 @@ def sync():
 
 
 def timed(function, steps):
+    """Median seconds of one call: robust to the other work of a shared machine, which only ever adds time."""
     function()  # warm-up: cudnn autotuning, compilation, allocator
-    sync()
-    t0 = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
         function()
-    sync()
-    return (time.perf_counter() - t0) / steps
+        sync()
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds)
 
 
 def teacher_features():
@@ -97,13 +104,14 @@ step_seconds = timed(train_step, args.steps)
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-infer_seconds = timed(lambda: predict(encoder, ocbe, decoder, images, args.batch_size, amp=bool(args.amp)), args.steps)
+network = TeacherStudent(encoder, ocbe, decoder).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder)
+infer_seconds = timed(lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile)), args.steps)
 
 train_ips = args.batch_size / step_seconds
 epochs, n_images = 200, 280
 projected = epochs * n_images / train_ips + n_images * cache_seconds / args.batch_size
 print(f"{args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
-      f"channels_last {args.channels_last} teacher_grad {args.teacher_grad} cache_teacher {int(use_cache)} | "
+      f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} cache_teacher {int(use_cache)} | "
       f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
       + (f" (+ {cache_seconds / args.batch_size:.3f} s per image once, for the teacher cache)" if use_cache else ""))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from model import build_model
-from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, predict
+from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, inference_network, predict
 
 
 @pytest.mark.parametrize("shape", [(3, 256, 256), (2, 64, 48), (1, 7, 5), (1, 1, 40)])
@@ -49,9 +49,48 @@ def test_batch_size_changes_no_score():
     torch.manual_seed(3)
     encoder, ocbe, decoder = build_model("resnet18", weights="none")
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
-    maps1, scores1 = predict(encoder, ocbe, decoder, images, batch_size=1)
-    maps5, scores5 = predict(encoder, ocbe, decoder, images, batch_size=5)
+    maps1, scores1 = predict(inference_network(encoder, ocbe, decoder), images, batch_size=1)
+    maps5, scores5 = predict(inference_network(encoder, ocbe, decoder), images, batch_size=5)
     assert maps1.shape == (5, 64, 64)
     assert torch.allclose(scores1, scores5, atol=1e-6)
     assert torch.allclose(maps1, maps5, atol=1e-6)
     assert torch.equal(scores1, maps1.flatten(1).amax(1))
+
+
+def test_inference_network_computes_the_same_and_leaves_the_modules_alone():
+    torch.manual_seed(4)
+    encoder, ocbe, decoder = build_model("resnet18", weights="none")
+    for bn in (m for net in (encoder, ocbe, decoder) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        # statistics and affine parameters far from the identity, so that folding them is really tested
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    ocbe.train(), decoder.train()
+    states = [{k: v.clone() for k, v in net.state_dict().items()} for net in (encoder, ocbe, decoder)]
+    x = torch.randn(2, 3, 64, 64)
+
+    network = inference_network(encoder, ocbe, decoder)
+    assert ocbe.training and decoder.training  # the given modules keep their mode
+    count = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # noqa: E731
+    # only the BatchNorms after the decoder's transposed convs are left (torch.fx folds Conv2d + BatchNorm2d)
+    assert count(network) == sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.modules()) < count(decoder)
+    with torch.no_grad():
+        teacher, student = network(x)
+        ocbe.eval(), decoder.eval()
+        plain_teacher = encoder(x)
+        plain_student = decoder(ocbe(plain_teacher))
+    for ours, plain in zip(teacher + student, plain_teacher + plain_student):
+        assert torch.allclose(ours, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
+    for net, state in zip((encoder, ocbe, decoder), states):
+        assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_compiled_scoring_equals_eager():
+    """compile=True: frozen weights, one static shape (the last, smaller batch is padded), same maps."""
+    torch.manual_seed(5)
+    network = inference_network(*build_model("resnet18", weights="none"))
+    images = torch.randint(0, 256, (7, 3, 64, 64), dtype=torch.uint8)
+    maps, scores = predict(network, images, batch_size=3)
+    compiled_maps, compiled_scores = predict(network, images, batch_size=3, compile=True)
+    assert compiled_maps.shape == (7, 64, 64)
+    assert torch.allclose(compiled_maps, maps, atol=1e-5 * (maps.max() - maps.min()).item())
+    assert torch.allclose(compiled_scores, scores, atol=1e-5 * (maps.max() - maps.min()).item())

@@ -143,7 +143,7 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
     import train
     from dataset import load_test_set, load_train_images, normalize
     from model import build_model
-    from utils.anomaly_map import cosine_loss, predict
+    from utils.anomaly_map import cosine_loss, inference_network, predict
     from utils.io import ckpt_path, save_checkpoint
 
     torch.manual_seed(1)
@@ -158,7 +158,7 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
         loss.backward()
         optimizer.step()
     test_images, _, _, paths = load_test_set(data_root, "stripes", SIZE)
-    _, before = predict(encoder, ocbe, decoder, test_images, batch_size=5)
+    _, before = predict(inference_network(encoder, ocbe, decoder), test_images, batch_size=5)
 
     config = {k: getattr(train, k) for k in train.config_keys}
     config.update(data_root=data_root, category="stripes", backbone="resnet18", weights="none", seed=1,

@@ -3,10 +3,14 @@ Teacher-student cosine distance: the training loss and the test-time anomaly map
 
     loss = cosine_loss(teacher_features, student_features)           # scalar, for training
     maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred, for testing
+    maps, scores = predict(inference_network(encoder, ocbe, decoder), images)  # a whole test set
 """
+
+import copy
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.optimization import fuse
 
 from dataset import normalize
 
@@ -64,19 +68,57 @@ def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0)
     return gaussian_blur(combined, sigma)  # (B,size,size)
 
 
+class TeacherStudent(torch.nn.Module):
+    """image -> (teacher taps, student taps): the three networks as one module."""
+
+    def __init__(self, encoder, ocbe, decoder):
+        super().__init__()
+        self.encoder, self.ocbe, self.decoder = encoder, ocbe, decoder
+
+    def forward(self, x):
+        teacher = self.encoder(x)
+        return teacher, self.decoder(self.ocbe(teacher))
+
+
+def inference_network(encoder, ocbe, decoder):
+    """A copy of the three networks for scoring: the same function, computed faster. Every eval-mode
+    BatchNorm is folded into the convolution before it (one pass over the feature map less per layer) and
+    the weights are channels_last, the layout oneDNN and cuDNN convolve fastest; together 10% less time
+    per image on CPU (scripts/benchmark.py). The given modules are left as they are."""
+    network = copy.deepcopy(TeacherStudent(encoder, ocbe, decoder)).eval()
+    network = fuse(network, inplace=True)  # a torch.fx graph module, BatchNorms folded
+    return network.to(memory_format=torch.channels_last)
+
+
+def anomaly_scorer(network, mode="add", amp=False, compile=False):
+    """A function of normalised images (B,3,S,S), on the network's device, to their anomaly maps (B,S,S) float32."""
+
+    def score(x):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            teacher, student = network(x)  # 3 taps each; channels_last from the first conv on
+        return anomaly_map(teacher, student, x.shape[-1], mode)  # (B,S,S)
+
+    if not compile:
+        return score
+    # "freezing" makes the weights constants of the graph, which inductor can pre-pack for oneDNN;
+    # one static shape, so no recompilation for the batch size (predict pads the last batch).
+    return torch.compile(score, dynamic=False, options={"freezing": True})
+
+
 @torch.inference_mode()
-def predict(encoder, ocbe, decoder, images, batch_size=16, mode="add", amp=False):
+def predict(network, images, batch_size=16, mode="add", amp=False, compile=False):
     """Anomaly maps (N,S,S) float32 and image scores (N,) = map maxima, on the CPU, for uint8 images
-    (N,3,S,S) on any device. Every image is scored on its own, so the batch size does not change a score."""
-    encoder.eval(), ocbe.eval(), decoder.eval()
-    size = images.shape[-1]
-    device = next(ocbe.parameters()).device
+    (N,3,S,S) on any device; `network` from inference_network(). Every image is scored on its own, so the
+    batch size does not change a score."""
+    device = next(network.parameters()).device
+    score = anomaly_scorer(network, mode, amp, compile)
+    batch_size = min(batch_size, len(images))
     maps = []
     for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size].to(device))  # (B,3,S,S)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            teacher = encoder(x)
-            student = decoder(ocbe(teacher))
-        maps.append(anomaly_map(teacher, student, size, mode).cpu())  # (B,S,S)
+        batch = images[i:i + batch_size].to(device)  # (B,3,S,S)
+        n = len(batch)
+        if compile and n < batch_size:  # the compiled shape: repeat the last image rather than compile again
+            batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
+        maps.append(score(normalize(batch))[:n].cpu())  # (B,S,S)
     maps = torch.cat(maps)  # (N,S,S)
     return maps, maps.flatten(1).amax(dim=1)
