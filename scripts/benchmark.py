@@ -84,6 +84,14 @@ def teacher_features():
         return teacher_forward(x)  # 3 taps
 
 
+# inference first, in a process that has not trained (test.py's situation)
+network = TeacherStudent(encoder, ocbe, decoder).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder)
+infer_seconds = timed(lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile)), args.steps)
+infer_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+del network
+if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+
 use_cache = bool(args.cache_teacher and not args.teacher_grad)
 cache_seconds = timed(teacher_features, args.steps) if use_cache else 0.0  # once per image and run, not per step
 teacher_cache = teacher_features() if use_cache else None
@@ -102,10 +110,6 @@ def train_step():
 student.train()
 step_seconds = timed(train_step, args.steps)
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
-if dev.type == "cuda":
-    torch.cuda.reset_peak_memory_stats()
-network = TeacherStudent(encoder, ocbe, decoder).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder)
-infer_seconds = timed(lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile)), args.steps)
 
 train_ips = args.batch_size / step_seconds
 epochs, n_images = 200, 280
@@ -117,7 +121,7 @@ print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
       + (f" (+ {cache_seconds / args.batch_size:.3f} s per image once, for the teacher cache)" if use_cache else ""))
 print(f"inference: {infer_seconds / args.batch_size:.4f} s/image, {args.batch_size / infer_seconds:.1f} images/s (map + blur included)")
 if dev.type == "cuda":
-    print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated")
+    print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")
 else:
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS")
 print(f"projected: one category ({n_images} images x {epochs} epochs) trains in {projected / 60:.1f} min")
