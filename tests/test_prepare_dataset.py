@@ -211,7 +211,7 @@ def test_sweep_runs_converted_visa_without_categories(visa, tmp_path):
     assert results_md.startswith(f"# Reverse Distillation on {dst} (VisA)")
     assert "|  | Avg | Candle | Pcb1 |" in results_md  # VisA's order (alphabetical too)
     for table in ("Image-Level AUC", "Pixel-Level AUC", "AUPRO"):
-        cells = table_row(results_md, table, "ours (resnet18)")
+        cells = table_row(results_md, table, "ours, RD (resnet18)")
         assert all(c not in ("-", "n/a", "failed") for c in cells)
     assert "No reference rows: no published RD or RD++ numbers for VisA were found to cite." in results_md
     assert "anomalib" not in results_md  # MVTec AD's reference rows belong to MVTec AD
@@ -278,9 +278,9 @@ def test_image_labels_only_trains_evaluates_and_tabulates(tmp_path):
     for name in ("pixel_auroc", "pixel_aupro", "pixel_f1", "pixel_ap", "pixel_pro_paper"):
         assert results[name] is None and results["undefined"][name] == "no ground truth masks: image labels only"
     results_md = open(os.path.join(out_dir, "results.md")).read()
-    assert table_row(results_md, "Pixel-Level AUC", "ours (resnet18)") == ["-", "n/a"]
-    assert table_row(results_md, "AUPRO", "ours (resnet18)") == ["-", "n/a"]
-    assert table_row(results_md, "Image-Level AUC", "ours (resnet18)")[1] not in ("-", "n/a")
+    assert table_row(results_md, "Pixel-Level AUC", "ours, RD (resnet18)") == ["-", "n/a"]
+    assert table_row(results_md, "AUPRO", "ours, RD (resnet18)") == ["-", "n/a"]
+    assert table_row(results_md, "Image-Level AUC", "ours, RD (resnet18)")[1] not in ("-", "n/a")
 
     test = run_script("test.py", f"--checkpoint={os.path.join(out_dir, 'stripes', 'checkpoint.pth')}", "--save_images=1")
     assert test.stdout.count("no ground_truth folder: evaluated on image labels") == 1
