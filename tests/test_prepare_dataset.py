@@ -309,3 +309,23 @@ def test_masks_with_other_values_are_read_as_binary(tmp_path, capsys):
     assert np.array_equal(masks.numpy(), expected.numpy())
     out = capsys.readouterr().out
     assert out == f"{gt}: 2 of 4 masks hold values other than 0 and 255 (e.g. 0/1 or label indices): read as binary, non-zero = anomalous\n"
+
+
+def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
+    """The table from hand-written per-category files: BTAD's order, RD++'s published means and where they are from."""
+    import sweep
+    import train
+
+    config = {k: getattr(train, k) for k in train.config_keys}
+    for category in ("03", "01", "02"):
+        (tmp_path / category).mkdir()
+        results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7,
+                   "train_config": dict(config, category=category, betas=list(config["betas"]))}
+        (tmp_path / category / "results.json").write_text(json.dumps(results))
+    text = sweep.build_table(str(tmp_path), "data/btad", ["03", "01", "02"], config)
+    assert text.startswith("# Reverse Distillation on data/btad (BTAD)")
+    assert table_row(text, "Image-Level AUC", "") == ["Avg", "01", "02", "03"]
+    assert table_row(text, "Image-Level AUC", "RD++ (Tien et al., CVPR 2023), 3-category mean") == ["0.956", "", "", ""]
+    assert table_row(text, "Pixel-Level AUC", "RD++ (Tien et al., CVPR 2023), 3-category mean") == ["0.974", "", "", ""]
+    assert "Reference rows: Tien et al., \"Revisiting Reverse Distillation for Anomaly Detection\", CVPR 2023" in text
+    assert "anomalib" not in text
