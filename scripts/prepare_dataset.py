@@ -249,14 +249,16 @@ def write_mask(sources, target):
 
 
 def place_image(source, target):
+    """Hard-link source at target, or copy it (--copy=1, or where linking fails); True if linked."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if not copy:
         try:
             os.link(source, target)
-            return
+            return True
         except OSError:  # another file system, or one without hard links
             pass
     shutil.copyfile(source, target)
+    return False
 
 
 def check_category(folder, plan):
@@ -301,13 +303,14 @@ def main():
 
     partial = dst.rstrip(os.sep) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+    n_linked = 0
     for plan in plans:
         folder = os.path.join(partial, plan.category)
         for source, relative in plan.images:
             target = os.path.join(folder, relative)
             if os.path.exists(target):
                 raise ConfigError(f"{source}: a second image named {relative} in {plan.category}")
-            place_image(source, target)
+            n_linked += place_image(source, target)
         for sources, relative in plan.masks:
             write_mask(sources, os.path.join(folder, relative))
     print(f"{format}: {src} -> {dst}")
@@ -318,8 +321,8 @@ def main():
     if os.path.isdir(dst):
         shutil.rmtree(dst)  # only reached when dst is empty or --force=1
     os.replace(partial, dst)
-    how = "copied" if copy else "hard-linked (copied where the file system refused)"
-    print(f"done: {len(plans)} categories, {sum(len(p.images) for p in plans)} images {how}, "
+    n_images = sum(len(p.images) for p in plans)
+    print(f"done: {len(plans)} categories, {n_images} images ({n_linked} hard-linked, {n_images - n_linked} copied), "
           f"{sum(len(p.masks) for p in plans)} masks written as 0/255 PNG; every anomalous test image has its mask")
 
 
