@@ -313,3 +313,18 @@ def test_torchrun_and_amp_train_rdpp(rdpp_root, tmp_path):
     run_script("train.py", *common, f"--out_dir={tmp_path / 'amp'}", "--amp=1")
     result = run_script("test.py", f"--checkpoint={tmp_path / 'amp' / 'stripes' / 'checkpoint.pth'}", "--amp=1")
     assert "stripes (rd++)" in result.stdout
+
+
+def test_sweep_passes_the_method_on_and_labels_the_table(rdpp_root, tmp_path):
+    from test_sweep import run_sweep, table_row
+    out_dir = tmp_path / "runs"
+    args = [f"--data_root={rdpp_root}", f"--out_dir={out_dir}", "--categories=stripes", "--epochs=1", "--batch_size=4", *RDPP]
+    first = run_sweep(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "proj" in load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))
+    results_md = (out_dir / "results.md").read_text()
+    assert results_md.startswith("# RD++")
+    assert table_row(results_md, "Image-Level AUC", "ours, RD++ (resnet18)")[1] != "-"
+    assert "skip stripes: results.json exists" in run_sweep(*args).stdout  # done with these settings
+    rd = run_sweep(*[a for a in args if a != "--method=rd++"], "--table_only=1")  # an RD table does not count it
+    assert table_row((out_dir / "results.md").read_text(), "Image-Level AUC", "ours, RD (resnet18)")[1] == "-", rd.stdout
