@@ -292,3 +292,39 @@ def test_rd_stays_the_default_and_the_official_epochs_cover_mvtec():
     assert train.method == "rd" and train.epochs == 200
     assert set(OFFICIAL_EPOCHS) == set(MVTEC)
     assert OFFICIAL_EPOCHS["carpet"] == OFFICIAL_EPOCHS["leather"] == 10 and max(OFFICIAL_EPOCHS.values()) == 300
+
+
+def test_torchrun_and_amp_train_rdpp(rdpp_root, tmp_path):
+    """Two processes (gloo) train RD++ and end with the same parameters, projection included; bf16 autocast trains
+    and the checkpoint scores."""
+    from test_distributed import RECORD_RANKS
+    script, record_dir = tmp_path / "record_ranks.py", tmp_path / "ranks"
+    script.write_text(RECORD_RANKS)
+    record_dir.mkdir()
+    common = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=1", "--batch_size=3", *RDPP]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, RECORD_DIR=str(record_dir))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                             *common, f"--out_dir={tmp_path / 'ddp'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(record_dir / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    assert "proj" in load_checkpoint(str(tmp_path / "ddp" / "stripes" / "checkpoint.pth"))
+
+    run_script("train.py", *common, f"--out_dir={tmp_path / 'amp'}", "--amp=1")
+    result = run_script("test.py", f"--checkpoint={tmp_path / 'amp' / 'stripes' / 'checkpoint.pth'}", "--amp=1")
+    assert "stripes (rd++)" in result.stdout
+
+
+def test_sweep_passes_the_method_on_and_labels_the_table(rdpp_root, tmp_path):
+    from test_sweep import run_sweep, table_row
+    out_dir = tmp_path / "runs"
+    args = [f"--data_root={rdpp_root}", f"--out_dir={out_dir}", "--categories=stripes", "--epochs=1", "--batch_size=4", *RDPP]
+    first = run_sweep(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "proj" in load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))
+    results_md = (out_dir / "results.md").read_text()
+    assert results_md.startswith("# RD++")
+    assert table_row(results_md, "Image-Level AUC", "ours, RD++ (resnet18)")[1] != "-"
+    assert "skip stripes: results.json exists" in run_sweep(*args).stdout  # done with these settings
+    rd = run_sweep(*[a for a in args if a != "--method=rd++"], "--table_only=1")  # an RD table does not count it
+    assert table_row((out_dir / "results.md").read_text(), "Image-Level AUC", "ours, RD (resnet18)")[1] == "-", rd.stdout
