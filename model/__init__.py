@@ -2,7 +2,7 @@
 
 from model.bn_fusion import OCBE
 from model.de_resnet import Decoder
-from model.encoder import BACKBONES, build_encoder
+from model.encoder import BACKBONES, build_encoder, build_loaded
 
 
 def build_model(backbone, weights="imagenet", seed=0):
@@ -10,4 +10,4 @@ def build_model(backbone, weights="imagenet", seed=0):
     return build_encoder(backbone, weights, seed), OCBE(backbone), Decoder(backbone)
 
 
-__all__ = ["BACKBONES", "OCBE", "Decoder", "build_encoder", "build_model"]
+__all__ = ["BACKBONES", "OCBE", "Decoder", "build_encoder", "build_loaded", "build_model"]
