@@ -20,7 +20,7 @@ import torch
 
 from conftest import ROOT, SMALL, run_script
 from test_errors import assert_user_error, run_main, snapshot
-from utils.io import atomic_write_json, ckpt_path, load_checkpoint, save_checkpoint
+from utils.io import CheckpointWriter, atomic_write_json, ckpt_path, load_checkpoint, save_checkpoint
 
 # 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_every=100, so only the last epoch
 # and a signal save a checkpoint
@@ -192,6 +192,44 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, name, write
     assert snapshot(tmp_path) == before  # old file byte-identical, the partial temporary file gone
     if name == "checkpoint.pth":
         assert load_checkpoint(path)["step"] == 10
+
+
+def test_background_write_is_a_snapshot_and_leaves_no_temporary_file(tmp_path):
+    """CheckpointWriter copies the tensors when write() is called: the live ones change on, the file does not."""
+    path = str(tmp_path / "stripes" / "checkpoint.pth")
+    live = {"bn": {"w": torch.zeros(1000)}, "decoder": {}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "step": 1}
+    writer = CheckpointWriter()
+    writer.write(path, live)
+    live["bn"]["w"] += 1  # the next training steps, while the file is being written
+    live["optimizer"]["state"][0]["exp_avg"] += 1
+    writer.wait()
+    saved = load_checkpoint(path)
+    assert torch.equal(saved["bn"]["w"], torch.zeros(1000)) and torch.equal(saved["optimizer"]["state"][0]["exp_avg"], torch.zeros(3))
+    writer.write(path, live)  # the next one replaces it
+    writer.wait()
+    assert torch.equal(load_checkpoint(path)["bn"]["w"], torch.ones(1000))
+    assert os.listdir(tmp_path / "stripes") == ["checkpoint.pth"]
+
+
+def test_failed_background_write_raises_in_the_training_thread(tmp_path, monkeypatch):
+    """A full disk in the writer thread: the error comes out of wait() (and check()) in the caller's thread,
+    unchanged, once; the previous checkpoint is byte-identical and the partial temporary file is gone."""
+    path = str(tmp_path / "stripes" / "checkpoint.pth")
+    writer = CheckpointWriter()
+    writer.write(path, {"bn": {"w": torch.zeros(10)}, "decoder": {}, "step": 10})
+    writer.wait()
+    before = snapshot(tmp_path)
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs), 1000, error))
+    writer.write(path, {"bn": {"w": torch.zeros(100_000)}, "decoder": {}, "step": 20})
+    writer.thread.join()  # the write has failed by now, in the background
+    with pytest.raises(OSError) as raised:
+        writer.check()
+    assert raised.value is error
+    writer.wait()  # reported once: nothing more to raise
+    assert snapshot(tmp_path) == before
+    assert load_checkpoint(path)["step"] == 10
 
 
 # -----------------------------------------------------------------------------
