@@ -4,6 +4,7 @@ Teacher-student cosine distance: the training loss and the test-time anomaly map
     loss = cosine_loss(teacher_features, student_features)           # scalar, for training
     maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred, for testing
     maps, scores = predict(inference_network(encoder, ocbe, decoder), images)  # a whole test set
+    maps, scores = predict(inference_network(encoder, ocbe, decoder, proj), images)  # RD++
     cache = teacher_features(encoder, images, batch_size=16)  # 3 taps (N,C,H,W) of uint8 images (N,3,S,S)
 """
 
@@ -70,15 +71,17 @@ def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0)
 
 
 class TeacherStudent(torch.nn.Module):
-    """image -> (teacher taps, student taps): the three networks as one module."""
+    """image -> (teacher taps, student taps): the networks as one module. With RD++'s projection layer `proj`
+    the student reads the projected taps, but is still compared with the teacher's own (unprojected) taps."""
 
-    def __init__(self, encoder, ocbe, decoder):
+    def __init__(self, encoder, ocbe, decoder, proj=None):
         super().__init__()
-        self.encoder, self.ocbe, self.decoder = encoder, ocbe, decoder
+        self.encoder, self.ocbe, self.decoder, self.proj = encoder, ocbe, decoder, proj
 
     def forward(self, x):
         teacher = self.encoder(x)
-        return teacher, self.decoder(self.ocbe(teacher))
+        student_input = teacher if self.proj is None else self.proj(teacher)
+        return teacher, self.decoder(self.ocbe(student_input))
 
 
 def folded(module):
@@ -89,10 +92,10 @@ def folded(module):
     return network.to(memory_format=torch.channels_last)
 
 
-def inference_network(encoder, ocbe, decoder):
-    """A folded() copy of the three networks for scoring: 6-13% less time per image on a CPU than the
-    modules as built (README, Speed; not measured on a GPU)."""
-    return folded(TeacherStudent(encoder, ocbe, decoder))
+def inference_network(encoder, ocbe, decoder, proj=None):
+    """A folded() copy of the networks for scoring: 6-13% less time per image on a CPU than the modules as
+    built (README, Speed; not measured on a GPU)."""
+    return folded(TeacherStudent(encoder, ocbe, decoder, proj))
 
 
 @torch.no_grad()
