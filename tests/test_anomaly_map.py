@@ -100,22 +100,17 @@ def test_compiled_scoring_equals_eager():
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
-def test_teacher_cache_equals_the_plain_encoder(amp):
-    """train.py's teacher cache (folded, channels_last, in batches, written into preallocated tensors) holds the
-    encoder's own features, within float rounding, contiguous, and usable by a training step's backward pass."""
+def test_teacher_cache_is_the_encoders_output(amp):
+    """train.py's teacher cache (in batches, written into preallocated tensors) holds exactly the encoder's
+    features of the same batches, and a training step can backpropagate through what uses them."""
     torch.manual_seed(6)
     encoder, ocbe, decoder = build_model("resnet18", weights="none")
-    for bn in (m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
-        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
     cache = teacher_features(encoder, images, batch_size=2, amp=amp)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        plain = encoder(normalize(images))
-    tolerance = 2e-2 if amp else 1e-4  # bf16 keeps 8 bits of mantissa
-    for ours, reference in zip(cache, plain):
-        assert ours.shape == reference.shape and ours.dtype == reference.dtype and ours.is_contiguous()
-        assert torch.allclose(ours.float(), reference.float(), rtol=tolerance, atol=tolerance * reference.abs().max().item())
+        chunks = [encoder(normalize(images[i:i + 2])) for i in range(0, 5, 2)]
+    for ours, reference in zip(cache, (torch.cat(tap) for tap in zip(*chunks))):
+        assert ours.dtype == reference.dtype and torch.equal(ours, reference)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         reconstructed = decoder(ocbe(cache))
     cosine_loss(cache, reconstructed).backward()
