@@ -185,8 +185,8 @@ def main():
     if compile:
         student = torch.compile(student)
     # The teacher is frozen and there is no augmentation, so its features of a training image never change:
-    # computed once, they save its forward pass at every step (a sixth of a CPU step) for the same numbers.
-    # 3 taps, each (N,C,H,W).
+    # computed once (3 taps, each (N,C,H,W)), they save its forward pass at every step (a sixth of a CPU step)
+    # for the same numbers.
     teacher_cache = teacher_features(encoder, images, batch_size, amp) if cache_teacher else None
     saved_at = time.monotonic()
     log(f"training {category} ({method}): {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
