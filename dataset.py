@@ -10,8 +10,10 @@ MVTec AD folder layout, loaded once into memory as uint8 tensors (decoded and re
     x = normalize(images[:16].to(device))                      # (16,3,256,256) float, ImageNet-normalised
 
 Any category name works. Listings are sorted; grayscale, palette and RGBA images become RGB; images are
-resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images); masks
-are resized bilinearly and binarised at > 0.5. Problems with the data raise a ConfigError naming the file.
+resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images); in a mask any
+non-zero value is anomalous (MVTec's 255, 0/1 masks, label indices), and masks are resized bilinearly and
+binarised at > 0.5. A category without a ground_truth folder is labelled by its test folder names alone (good =
+normal): load_test_set returns no masks. Problems with the data raise a ConfigError naming the file.
 """
 
 import os
@@ -59,18 +61,19 @@ def load_image(path, size):
 
 
 def load_mask(path, size, image_path):
-    """(size,size) bool tensor: the mask resized bilinearly to size x size and binarised at > 0.5."""
+    """((size,size) bool tensor, whether the file held values other than 0 and 255): the mask binarised (any non-zero
+    value is anomalous: 0/1 masks and label indices count too), resized bilinearly and binarised again at > 0.5."""
     mask = open_image(path)
     if mask.mode not in ("1", "L"):
         raise ConfigError(f"{path}: a mask must be a binary or grayscale image, this one is {mask.mode}")
     with Image.open(image_path) as img:
         if img.size != mask.size:
             warnings.warn(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is {img.size[0]}x{img.size[1]}; both are resized to {size}x{size}")
-    mask = mask.convert("L")
-    if mask.getextrema()[1] == 1:  # a 0/1 mask, not MVTec's 0/255: scale it so its defects are not lost
-        mask = mask.point(lambda v: 255 * v)
-    values = np.asarray(mask.resize((size, size), Image.Resampling.BILINEAR))
-    return torch.from_numpy(values > 127.5)  # ToTensor's /255, then > 0.5
+    values = np.asarray(mask.convert("L"))  # (H,W) uint8
+    other_values = bool(((values != 0) & (values != 255)).any())
+    binary = Image.fromarray((values != 0).astype(np.uint8) * 255)
+    resized = np.asarray(binary.resize((size, size), Image.Resampling.BILINEAR))
+    return torch.from_numpy(resized > 127.5), other_values  # ToTensor's /255, then > 0.5
 
 
 def load_all(function, *args):
@@ -112,31 +115,44 @@ def mask_path_for(category_folder, defect, image_path):
 
 def load_test_set(data_root, category, size):
     """The test split: images (N,3,S,S) uint8, masks (N,S,S) bool, labels (N,) int64 (1 = anomalous) and
-    each image's path relative to the category folder (e.g. 'test/broken_large/000.png')."""
+    each image's path relative to the category folder (e.g. 'test/broken_large/000.png').
+
+    A category without a ground_truth folder has image labels only (from the folder names: good is normal, any
+    other type anomalous): its masks are None."""
     folder = category_dir(data_root, category)
     test_folder = os.path.join(folder, "test")
     if not os.path.isdir(test_folder):
         raise ConfigError(f"{test_folder}: missing; testing needs CATEGORY/test/<type>/ images")
-    image_paths, mask_paths = [], []
+    has_masks = os.path.isdir(os.path.join(folder, "ground_truth"))
+    image_paths, mask_paths, labels = [], [], []
     for defect in sorted(os.listdir(test_folder)):
         defect_folder = os.path.join(test_folder, defect)
         if not os.path.isdir(defect_folder):
             continue
         paths = list_images(defect_folder)
-        masks = [None if defect == "good" else mask_path_for(folder, defect, p) for p in paths]
+        masks = [None if defect == "good" or not has_masks else mask_path_for(folder, defect, p) for p in paths]
         for image, mask in zip(paths, masks):
             if mask is not None and not os.path.isfile(mask):
                 raise ConfigError(f"{image}: anomalous test image without its mask {mask}")
-        if defect != "good":
+        if defect != "good" and has_masks:
             check_orphan_masks(folder, defect, paths)
         image_paths += paths
         mask_paths += masks
+        labels += [int(defect != "good")] * len(paths)
     if not image_paths:
         raise ConfigError(f"{test_folder}: holds no test images")
     images = load_images(image_paths, size)
-    masks = torch.stack(load_all(lambda m, p: torch.zeros(size, size, dtype=torch.bool) if m is None else load_mask(m, size, p), mask_paths, image_paths))
-    labels = torch.tensor([m is not None for m in mask_paths], dtype=torch.int64)
-    return images, masks, labels, [os.path.relpath(p, folder) for p in image_paths]
+    labels = torch.tensor(labels, dtype=torch.int64)
+    relative = [os.path.relpath(p, folder) for p in image_paths]
+    if not has_masks:
+        return images, None, labels, relative
+    empty = (torch.zeros(size, size, dtype=torch.bool), False)
+    loaded = load_all(lambda m, p: empty if m is None else load_mask(m, size, p), mask_paths, image_paths)
+    n_other = sum(other for _, other in loaded)
+    if n_other:
+        print(f"{os.path.join(folder, 'ground_truth')}: {n_other} of {int(labels.sum())} masks hold values other than 0 and 255 "
+              "(e.g. 0/1 or label indices): read as binary, non-zero = anomalous")
+    return images, torch.stack([m for m, _ in loaded]), labels, relative
 
 
 def check_orphan_masks(folder, defect, image_paths):

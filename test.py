@@ -14,7 +14,8 @@ along channels, upsampled (bilinear, align_corners=True) to the image size, summ
 ('mul'), blurred with a sigma-4 Gaussian (scipy.ndimage.gaussian_filter semantics). Image score = map max.
 Writes <out_dir>/<category>/results.json (image/pixel AUROC, F1-max, AP, AUPRO, ...) and scores.csv, and
 with --save_images=K images/<type>_<name>.png for the first K test images of each type (folder under test/):
-input | ground-truth outline in red | anomaly heatmap with the image score.
+input | ground-truth outline in red | anomaly heatmap with the image score (input | heatmap for a category without
+a ground_truth folder, which is evaluated on its image labels alone: pixel metrics null, see results.json 'undefined').
 
 With --images=DIR it scores every image of DIR instead (the test split is not loaded) and writes
 <out_dir>/<category>/predict/scores.csv (path,score,label; label 1 = score >= threshold) and a strip
@@ -123,11 +124,14 @@ def write_csv(path, header, rows):
 def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):
     """images/<type>_<name>.png for the first save_images test images of each type; returns how many."""
     written = {}
-    for image, mask, amap, score, path in zip(test_images, masks, maps, scores.tolist(), paths):
+    for i, (image, amap, score, path) in enumerate(zip(test_images, maps, scores.tolist(), paths)):
         defect = os.path.basename(os.path.dirname(path))  # path is 'test/<type>/<file>'
         if written.get(defect, 0) < save_images:
             name = f"{defect}_{os.path.splitext(os.path.basename(path))[0]}.png"
-            save_png(os.path.join(folder, "images", name), evaluation_strip(image, mask, amap, score, heat_range, image_threshold))
+            # without masks (image labels only) the strip has no ground-truth panel
+            strip = (prediction_strip(image, amap, score, heat_range, image_threshold) if masks is None
+                     else evaluation_strip(image, masks[i], amap, score, heat_range, image_threshold))
+            save_png(os.path.join(folder, "images", name), strip)
             written[defect] = written.get(defect, 0) + 1
     return sum(written.values())
 
@@ -202,6 +206,9 @@ def main():
     if images:
         return score_folder(ckpt, settings, dev)
     test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
+    if masks is None:
+        print(f"{settings['category']}: no ground_truth folder: evaluated on image labels from the test folder names "
+              "(good = normal, any other = anomalous); pixel metrics are not computed")
     network = load_network(ckpt, settings, dev)
 
     t0 = time.time()
@@ -223,7 +230,8 @@ def main():
     shown = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
     print(f"{settings['category']} ({settings['method']}): " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in shown))
     for name, reason in metrics["undefined"].items():
-        print(f"  {name} undefined: {reason}")
+        if masks is not None or not name.startswith("pixel_"):  # without masks: said once when the test set was loaded
+            print(f"  {name} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")
     if save_images:
         n_strips = save_test_strips(folder, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])

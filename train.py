@@ -147,11 +147,11 @@ def main():
     else:
         trained = {name: build_loaded(make, checkpoint[name]) for name, make in makers.items()}
     ocbe, decoder, proj = trained["bn"], trained["decoder"], trained.get("proj")
-    # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
     param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
     if rdpp:  # RD++: the projection layer, trained with its own learning rate
         param_groups.append({"params": list(proj.parameters()), "lr": proj_lr})
         pseudo_anomalies = SimplexPatches(image_size, seed)
+    # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
     optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
     step = 0  # batches done; the epoch and the batch within it follow from it
     if checkpoint is not None:

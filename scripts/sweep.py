@@ -1,5 +1,6 @@
 """
-Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every MVTec AD category, then tabulate the results.
+Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every category of a dataset (MVTec AD, VisA,
+...), then tabulate the results.
 
     $ bash scripts/run_all_mvtec.sh                                        # the 15 categories under data/mvtec
     $ python scripts/sweep.py --categories=bottle,screw --epochs=50        # any train.py / test.py --name=value
@@ -32,12 +33,13 @@ import torch  # noqa: E402
 
 import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
 import train as train_script  # noqa: E402
+from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.io import atomic_write_json, atomic_write_text, ckpt_path, run_dir  # noqa: E402
 from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
 
 # -----------------------------------------------------------------------------
-categories = ""  # comma-separated folder names under data_root; default: the MVTec AD categories found there
+categories = ""  # comma-separated folder names under data_root; default: the known dataset's categories found there
 gpus = ""  # comma-separated GPU ids, one category per id at a time (an id may repeat); default: every visible GPU
 force = False  # retrain categories that have results (train.py --overwrite=1) instead of skipping or resuming them
 table_only = False  # only rebuild <out_dir>/results.md from the finished categories; run nothing
@@ -56,7 +58,7 @@ METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
 
 # The seed's order. Reference numbers are from SPEC.md section 6 (MVTec AD, wide_resnet50_2).
 MVTEC = ("carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-         "pill", "screw", "toothbrush", "transistor", "zipper")
+         "pill", "screw", "toothbrush", "transistor", "zipper")  # = known_datasets.DATASETS["mvtec_ad"].categories
 ANOMALIB_LABEL = "anomalib (seed 42, batch 16)"
 ANOMALIB = {
     "image_auroc": (.984, 1.000, 1.000, 1.000, .997, 1.000, .966, .974, 1.000, 1.000, .972, .985, .953, .970, .978),
@@ -113,8 +115,10 @@ def category_state(out_dir, category, requested):
 
 
 def ordered(names):
-    """The seed's order for MVTec names, then any others sorted."""
-    return [c for c in MVTEC if c in names] + sorted(set(names) - set(MVTEC))
+    """The known dataset's order for its categories (MVTec AD: the seed's), then any others sorted."""
+    known = dataset_for(names)
+    first = [c for c in known.categories if c in names] if known else []
+    return first + sorted(set(names) - set(first))
 
 
 def title(category):
@@ -152,6 +156,10 @@ def metric_rows(key, columns, states, backbone, method):
     rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
     if key == "pixel_aupro" and any(states[c][0] == "done" and states[c][1].get("pixel_pro_paper") is not None for c in columns):
         rows.append(our_row("ours, the official script's per-image PRO (compare with the paper's PRO)", "pixel_pro_paper", columns, states))
+    known = dataset_for(columns)
+    for label, means in known.references if known else ():
+        if key in means:
+            rows.append([label, f"{means[key]:.3f}", *([""] * len(columns))])
     mvtec_columns = [c for c in columns if c in MVTEC]
     if not mvtec_columns:
         return rows
@@ -179,10 +187,12 @@ def build_table(out_dir, data_root, requested_categories, train_config):
                 if state[0] not in ("not run", "other settings"):
                     states[name] = state
     columns = ordered(states)
+    known = dataset_for(columns)
     header = ["", "Avg", *(title(c) for c in columns)]
     cfg = train_config
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
-    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}", "",
+    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
+             + (f" ({known.name})" if known else ""), "",
              "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
              + ". "
              f"{counts['done']} of {len(columns)} categories done"
@@ -197,6 +207,11 @@ def build_table(out_dir, data_root, requested_categories, train_config):
     if any(c in MVTEC for c in columns):
         lines += ["Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
                   "RD++ report only 15-category means. Our rows come from test.py's results.json.", ""]
+    elif known:
+        lines += [f"Reference rows: {known.source}." if known.references else
+                  f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+    if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
+        lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
 
     def seconds(c, key):
         state, _, info = states[c]
@@ -371,18 +386,27 @@ def parse_args(argv):
     return train_args, test_args, train_config
 
 
+def default_categories(data_root):
+    """The categories of the known dataset found as folders under data_root, else every folder there with train/good."""
+    folders = [d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d))] if os.path.isdir(data_root) else []
+    known = dataset_for(folders)
+    if known:
+        return [c for c in known.categories if c in folders]
+    return sorted(d for d in folders if os.path.isdir(os.path.join(data_root, d, "train", "good")))
+
+
 def find_categories(data_root):
-    """The --categories, each a folder under data_root, or the MVTec AD categories found there."""
+    """The --categories, each a folder under data_root, or default_categories."""
     if categories:
         names = list(dict.fromkeys(c for c in categories.split(",") if c))
         missing = [os.path.join(data_root, c) for c in names if not os.path.isdir(os.path.join(data_root, c))]
         if missing:
             raise ConfigError(f"--categories: no folder {', '.join(missing)}")
         return ordered(names)
-    found = [c for c in MVTEC if os.path.isdir(os.path.join(data_root, c))]
+    found = default_categories(data_root)
     if not found:
-        raise ConfigError(f"data_root={data_root}: holds none of the MVTec AD categories ({' '.join(MVTEC)}); "
-                          "pass --data_root=... or --categories=a,b")
+        raise ConfigError(f"data_root={data_root}: holds no category of a known dataset (scripts/known_datasets.py) and no "
+                          "folder with train/good; pass --data_root=... or --categories=a,b")
     return found
 
 
@@ -404,7 +428,7 @@ def main():
     data_root, out_dir = train_config["data_root"], train_config["out_dir"]
     if table_only:
         # the data need not be on the machine that gathers: columns also come from what is under out_dir
-        names = [c for c in categories.split(",") if c] or [c for c in MVTEC if os.path.isdir(os.path.join(data_root, c))]
+        names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
         text = build_table(out_dir, data_root, ordered(names), train_config)

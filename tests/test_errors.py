@@ -321,6 +321,8 @@ def test_one_sided_test_set_reports_the_defined_metrics(data, trained, previous_
         for folder in ("scratch", "spot", "hole", "color"):
             shutil.rmtree(data / "test" / folder)
         shutil.rmtree(data / "ground_truth")
+        # kept, empty: without it the category has image labels only (tests/test_prepare_dataset.py)
+        (data / "ground_truth").mkdir()
     else:
         shutil.rmtree(data / "test" / "good")
     result = evaluate_on(data, trained, previous_run)

@@ -195,13 +195,15 @@ def compute_metrics(image_scores, image_labels, maps, masks):
 
     image_scores (N,) and image_labels (N,) in {0, 1}; maps (N, H, W) anomaly maps and
     masks (N, H, W) in {0, 1}; numpy arrays or torch tensors. Pass float32 maps for speed.
+    masks=None (data with image labels only): the pixel metrics are None, with that reason.
     Returns a dict of python floats, None for metrics the data cannot define, and
     `undefined`: {metric name: reason} for those Nones (empty when all are defined).
     """
     image_scores = _as_scores(image_scores, "image_scores").ravel()
     image_labels = _as_binary(image_labels, "image_labels").ravel()
     maps = _as_scores(maps, "maps")
-    masks = _as_binary(masks, "masks")
+    labels_only = masks is None
+    masks = np.zeros(maps.shape, dtype=bool) if labels_only else _as_binary(masks, "masks")
     if image_scores.shape != image_labels.shape:
         raise ValueError(f"image_scores {image_scores.shape} vs image_labels {image_labels.shape}")
     if maps.ndim != 3 or maps.shape != masks.shape or maps.shape[0] != image_scores.size:
@@ -220,6 +222,12 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         reason = "test set has no normal images" if n_anomalous else "test set has no anomalous images"
         for name in ("image_auroc", "image_f1", "image_ap", "image_f1_threshold"):
             undefined[name] = reason
+
+    if labels_only:
+        for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper"):
+            undefined[name] = "no ground truth masks: image labels only"
+        out["undefined"] = undefined
+        return out
 
     regions, n_regions = ndimage.label(masks, structure=_STACK_8_CONNECTED)
     n_pixels_anomalous = int(np.count_nonzero(regions))
