@@ -30,6 +30,7 @@ Our checkpoints carry their training config; for an official one ({'bn', 'decode
 """
 
 import csv
+import functools
 import io
 import json
 import os
@@ -39,7 +40,7 @@ import time
 import torch
 
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
-from model import MultiProjection, build_model
+from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from utils.anomaly_map import inference_network, predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.io import atomic_write_json, atomic_write_text, load_checkpoint, run_dir
@@ -99,15 +100,13 @@ def resolve_settings(ckpt):
 def load_network(ckpt, settings, dev):
     """The checkpoint's teacher + student as one network for scoring (utils.anomaly_map.inference_network);
     with RD++'s projection layer when the checkpoint has one ('proj'), loaded as strictly as the rest."""
-    encoder, ocbe, decoder = build_model(settings["backbone"], settings["weights"], settings["seed"])
-    proj = MultiProjection(settings["backbone"]) if "proj" in ckpt else None
+    encoder = build_encoder(settings["backbone"], settings["weights"], settings["seed"])
     # official checkpoints of some categories carry extra 'memory' keys that no model uses
     bn_state = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
-    try:
-        ocbe.load_state_dict(bn_state)
-        decoder.load_state_dict(ckpt["decoder"])
-        if proj is not None:
-            proj.load_state_dict(ckpt["proj"])
+    try:  # built straight from the checkpoint's tensors, without a random initialisation first
+        ocbe = build_loaded(functools.partial(OCBE, settings["backbone"]), bn_state)
+        decoder = build_loaded(functools.partial(Decoder, settings["backbone"]), ckpt["decoder"])
+        proj = build_loaded(functools.partial(MultiProjection, settings["backbone"]), ckpt["proj"]) if "proj" in ckpt else None
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
         raise ConfigError(f"checkpoint={checkpoint}: does not fit backbone={settings['backbone']} ({detail[:200]})") from None

@@ -14,6 +14,7 @@ lines in the loop are marked "RD++". The model after the last epoch is saved to 
 evaluate it with test.py. No test data is looked at here.
 """
 
+import functools
 import math
 import os
 import signal
@@ -25,11 +26,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from dataset import load_train_images, normalize
-from model import METHODS, MultiProjection, build_model
-from utils.anomaly_map import cosine_loss
+from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
+from utils.anomaly_map import cosine_loss, teacher_features
 from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.io import atomic_write_json, ckpt_path, load_checkpoint, run_dir, save_checkpoint
+from utils.io import CheckpointWriter, atomic_write_json, ckpt_path, load_checkpoint, run_dir
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
@@ -50,7 +51,7 @@ amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss an
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
 out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
-save_every = 10  # epochs between checkpoints (the last epoch is always saved)
+save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
 weight_proj = 0.2  # weight of the projection loss (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11
@@ -75,7 +76,7 @@ def check_config():
         (epochs >= 1, "epochs", "at least 1"),
         (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
         (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
-        (save_every >= 1, "save_every", "at least 1"),
+        (math.isfinite(save_minutes) and save_minutes >= 0, "save_minutes", "a number of minutes, 0 or more"),
         (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
         (not (resume and overwrite), "resume", "left off when overwrite=True"),
         (method in METHODS, "method", " or ".join(METHODS)),
@@ -119,47 +120,54 @@ def main():
     set_seed(seed, deterministic)
     # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
     images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
-    encoder, ocbe, decoder = build_model(backbone, weights, seed)
-    encoder, ocbe, decoder = encoder.to(dev), ocbe.to(dev), decoder.to(dev)
-    param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
-    if rdpp:  # RD++: the projection layer between teacher and OCBE, trained with its own learning rate
-        proj = MultiProjection(backbone).to(dev)
-        param_groups.append({"params": list(proj.parameters()), "lr": proj_lr})
-        pseudo_anomalies = SimplexPatches(image_size, seed)
-    # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
-    optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
-
     steps_per_epoch = math.ceil(len(images) / batch_size)
     if rdpp and steps_per_epoch < step_every:
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
-    step = 0  # batches done; the epoch and the batch within it follow from it
-    if resume and os.path.exists(path):
-        checkpoint = load_checkpoint(path, dev)
+    checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
+    if checkpoint is not None:
         for k in resume_keys + (rdpp_resume_keys if rdpp else []):
             if checkpoint.get("config", {}).get(k) != config[k]:
                 raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
             raise ConfigError(f"--method={method}: {path} is {'an RD++' if 'proj' in checkpoint else 'an RD'} checkpoint; resume with its method or use another out_dir")
-        ocbe.load_state_dict(checkpoint["bn"])
-        decoder.load_state_dict(checkpoint["decoder"])
-        if rdpp:
-            proj.load_state_dict(checkpoint["proj"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        step = checkpoint["step"]
-        if step > epochs * steps_per_epoch:
-            raise ConfigError(f"--epochs={epochs}: {path} has already trained {step // steps_per_epoch} epochs; resume with at least that many")
-        log(f"resuming {path} at epoch {step // steps_per_epoch + 1}, step {step}")
+        if checkpoint["step"] > epochs * steps_per_epoch:
+            raise ConfigError(f"--epochs={epochs}: {path} has already trained {checkpoint['step'] // steps_per_epoch} epochs; resume with at least that many")
     elif resume:
         log(f"resume: no checkpoint at {path}, starting from scratch")
+
+    encoder = build_encoder(backbone, weights, seed).to(dev)
+    # the trained modules by their checkpoint names (the official ones); RD++: the projection layer between
+    # teacher and OCBE. A fresh run initialises them from the seed; a resumed one builds them straight from
+    # the checkpoint, skipping a random initialisation that would be overwritten.
+    makers = {"bn": functools.partial(OCBE, backbone), "decoder": functools.partial(Decoder, backbone)}
+    if rdpp:
+        makers["proj"] = functools.partial(MultiProjection, backbone)
+    if checkpoint is None:
+        trained = {name: make().to(dev) for name, make in makers.items()}
+    else:
+        trained = {name: build_loaded(make, checkpoint[name]) for name, make in makers.items()}
+    ocbe, decoder, proj = trained["bn"], trained["decoder"], trained.get("proj")
+    param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
+    if rdpp:  # RD++: the projection layer, trained with its own learning rate
+        param_groups.append({"params": list(proj.parameters()), "lr": proj_lr})
+        pseudo_anomalies = SimplexPatches(image_size, seed)
+    # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
+    optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
+    step = 0  # batches done; the epoch and the batch within it follow from it
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        log(f"resuming {path} at epoch {step // steps_per_epoch + 1}, step {step}")
+        del checkpoint  # its tensors now are the modules' and the optimizer's
+
+    # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
+    writer = CheckpointWriter()
 
     def save():
         if rank == 0:
             atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)  # beside its checkpoint
-            checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
-                          "epoch": step // steps_per_epoch, "step": step, "config": config}
-            if rdpp:
-                checkpoint["proj"] = proj.state_dict()  # the official RD++ key
-            save_checkpoint(path, checkpoint)
+            writer.write(path, {**{name: module.state_dict() for name, module in trained.items()}, "optimizer": optimizer.state_dict(),
+                                "epoch": step // steps_per_epoch, "step": step, "config": config})
 
     # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
     stop_signal = []
@@ -177,12 +185,10 @@ def main():
     if compile:
         student = torch.compile(student)
     # The teacher is frozen and there is no augmentation, so its features of a training image never change:
-    # computed once, they save its forward pass at every step (a sixth of a CPU step) for the same numbers.
-    teacher_cache = None
-    if cache_teacher:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            chunks = [encoder(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-        teacher_cache = [torch.cat(tap) for tap in zip(*chunks)]  # 3 taps, each (N,C,H,W)
+    # computed once (3 taps, each (N,C,H,W)), they save its forward pass at every step (a sixth of a CPU step)
+    # for the same numbers.
+    teacher_cache = teacher_features(encoder, images, batch_size, amp) if cache_teacher else None
+    saved_at = time.monotonic()
     log(f"training {category} ({method}): {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
         + (f" x {world_size} processes" if world_size > 1 else ""))
     while step < epochs * steps_per_epoch:
@@ -221,11 +227,16 @@ def main():
                 if world_size > 1:
                     dist.all_reduce(loss)
                 if not torch.isfinite(loss):
+                    writer.wait()  # a checkpoint being written is the last good one: it must be complete
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 total, n_updates = total + loss.item(), n_updates + 1
             step += 1
+            writer.check()  # a background write that failed (a full disk) stops the run here
+            if time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
+                save()
+                saved_at = time.monotonic()
             if world_size > 1:  # every process must stop at the same step
                 stop = torch.tensor(float(bool(stop_signal)), device=dev)
                 dist.all_reduce(stop)
@@ -233,11 +244,12 @@ def main():
                     stop_signal.append(signal.SIGTERM)
             if stop_signal:
                 save()
+                writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
         log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
-        if (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
-            save()
+    save()
+    writer.wait()
     log(f"saved {path}")
     if world_size > 1:
         dist.destroy_process_group()

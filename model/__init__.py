@@ -3,7 +3,7 @@ RD++'s multi-projection layer (`proj`) that sits between the teacher and the OCB
 
 from model.bn_fusion import OCBE
 from model.de_resnet import Decoder
-from model.encoder import BACKBONES, build_encoder
+from model.encoder import BACKBONES, build_encoder, build_loaded
 from model.projection import MultiProjection
 
 METHODS = ("rd", "rd++")  # RD (CVPR 2022); RD++ (CVPR 2023) adds the projection layer and its losses
@@ -14,4 +14,4 @@ def build_model(backbone, weights="imagenet", seed=0):
     return build_encoder(backbone, weights, seed), OCBE(backbone), Decoder(backbone)
 
 
-__all__ = ["BACKBONES", "METHODS", "OCBE", "Decoder", "MultiProjection", "build_encoder", "build_model"]
+__all__ = ["BACKBONES", "METHODS", "OCBE", "Decoder", "MultiProjection", "build_encoder", "build_loaded", "build_model"]

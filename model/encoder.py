@@ -10,6 +10,7 @@ cache), a path to a torchvision-format state dict, or 'none' (random init from `
 demos and tests; the same seed rebuilds the same teacher at test time).
 """
 
+import functools
 import os
 
 import torch
@@ -72,21 +73,34 @@ def load_state_dict_file(path):
     return state_dict
 
 
+def build_loaded(make, state_dict):
+    """The module make() builds, holding the tensors of state_dict, without the random initialisation they
+    would overwrite (seconds for a wide ResNet): built on the meta device (shapes, no memory, no init), then
+    given the state dict's tensors, cast to the module's dtypes as load_state_dict casts. Strict, with
+    load_state_dict's errors: every parameter and buffer must be in state_dict, so none is left on meta."""
+    with torch.device("meta"):
+        module = make()
+    expected = module.state_dict()  # meta tensors: names, shapes and dtypes
+    state_dict = {k: v.to(expected[k].dtype) if k in expected and isinstance(v, torch.Tensor) else v for k, v in state_dict.items()}
+    module.load_state_dict(state_dict, assign=True)
+    return module
+
+
 def build_encoder(backbone, weights="imagenet", seed=0):
     if backbone not in BACKBONES:
         raise ConfigError(f"backbone={backbone}: unknown, expected one of {', '.join(BACKBONES)}")
-    # Build under a fixed seed in a forked RNG: weights='none' then gives the same teacher in train and test,
-    # and the caller's random stream is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        resnet = torchvision.models.get_model(backbone, weights=None)
+    if weights == "none":
+        # Built under a fixed seed in a forked RNG: the same teacher in train and test, and the caller's random
+        # stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Encoder(torchvision.models.get_model(backbone, weights=None))
+    make = functools.partial(torchvision.models.get_model, backbone, weights=None)
     if weights == "imagenet":
-        resnet.load_state_dict(load_imagenet_state_dict(backbone))
-    elif weights != "none":
-        state_dict = load_state_dict_file(weights)
-        try:
-            resnet.load_state_dict(state_dict)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-            raise ConfigError(f"weights={weights}: not a {backbone} state dict ({first})") from None
-    return Encoder(resnet)
+        return Encoder(build_loaded(make, load_imagenet_state_dict(backbone)))
+    state_dict = load_state_dict_file(weights)
+    try:
+        return Encoder(build_loaded(make, state_dict))
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise ConfigError(f"weights={weights}: not a {backbone} state dict ({first})") from None

@@ -15,21 +15,35 @@ keeps the teacher's autograd graph and uses the default (unfused) Adam, as the o
 --method=rd++ times RD++'s step as train.py takes it on a stepped batch (noisy teacher pass, projection of both
 batches, the projection loss) and its inference (the projection layer in the student path). Times are medians
 over --steps calls.
+
+Beside the step it measures the fixed costs of a train.py process and adds them to the projection: start-up
+(python + imports, timed in a fresh process; building the networks: a teacher loaded from a file, as with
+weights=imagenet, and the seeded OCBE/decoder), decoding and resizing the training images (1024x1024 PNGs,
+MVTec AD's largest), the teacher cache, and the checkpoints: one written in the foreground (time, size) and
+what a background write at train.py's default save_minutes costs the training loop (the steps it runs beside,
+plus the wait), as often as that cadence writes one, plus the final write, which a run waits for.
 """
 
 import argparse
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
+import numpy as np
 import torch
+import torchvision
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dataset import normalize  # noqa: E402
-from model import MultiProjection, build_model  # noqa: E402
-from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict  # noqa: E402
+import train  # noqa: E402  (its default save_minutes; importing it runs no training)
+from dataset import load_images, normalize  # noqa: E402
+from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
+from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict, teacher_features  # noqa: E402
+from utils.io import CheckpointWriter, copy_to_cpu, save_checkpoint  # noqa: E402
 from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +106,8 @@ def timed(function, steps):
     return statistics.median(seconds)
 
 
-def teacher_features():
+def teacher_step_features():
+    """The teacher's taps of the batch, computed at a step: without the cache, or in the official code's step."""
     x = normalize(images).contiguous(memory_format=memory_format)  # (B,3,S,S)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
         return teacher_forward(x)  # 3 taps
@@ -107,12 +122,13 @@ if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 
 use_cache = bool(args.cache_teacher and not args.teacher_grad)
-cache_seconds = timed(teacher_features, args.steps) if use_cache else 0.0  # once per image and run, not per step
-teacher_cache = teacher_features() if use_cache else None
+# train.py's cache: once per image and run, not per step
+cache_seconds = timed(lambda: teacher_features(encoder, images, args.batch_size, bool(args.amp)), args.steps) if use_cache else 0.0
+teacher_cache = teacher_features(encoder, images, args.batch_size, bool(args.amp)) if use_cache else None
 
 
 def train_step():
-    teacher = teacher_cache if use_cache else teacher_features()
+    teacher = teacher_cache if use_cache else teacher_step_features()
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
         if rdpp:  # train.py's RD++ step: the noisy teacher pass, both batches through the projection
             generator = step_generator(0, 0)
@@ -133,7 +149,7 @@ def train_step():
 def statistics_pass():
     """RD++ with step_every=2: a batch between two steps only runs the student forward for BatchNorm statistics."""
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
-        train_student(teacher_cache if use_cache else teacher_features())
+        train_student(teacher_cache if use_cache else teacher_step_features())
 
 
 student.train()
@@ -142,18 +158,66 @@ step_seconds = timed(train_step, args.steps)
 batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2 if rdpp else step_seconds
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
+# The fixed costs of a train.py process, each timed once after a warm-up call (they happen once per run).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with tempfile.TemporaryDirectory() as tmp:
+    imports_seconds = timed(lambda: subprocess.run([sys.executable, "-c", "import train"], cwd=ROOT, check=True), 1)
+    teacher_file = os.path.join(tmp, "teacher.pth")  # a torchvision state dict, what weights=imagenet loads
+    torch.save(torchvision.models.get_model(args.backbone).state_dict(), teacher_file)
+    build_seconds = timed(lambda: (build_encoder(args.backbone, teacher_file), OCBE(args.backbone), Decoder(args.backbone)), 1)
+    rng = np.random.default_rng(0)
+    png_paths = [os.path.join(tmp, f"{i:03d}.png") for i in range(args.batch_size)]
+    for path in png_paths:  # random pixels: they compress worse than photographs, so decoding them is slower
+        Image.fromarray(rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)).save(path)
+    decode_seconds = timed(lambda: load_images(png_paths, args.image_size), 1) / len(png_paths)
+
+    checkpoint_path = os.path.join(tmp, "checkpoint.pth")
+    checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(), "step": 0}
+    if rdpp:
+        checkpoint["proj"] = proj.state_dict()
+    write_seconds = timed(lambda: save_checkpoint(checkpoint_path, checkpoint), 1)
+    checkpoint_bytes = os.path.getsize(checkpoint_path)
+    # A background write costs the loop its copy to CPU memory, whatever the steps running beside it lose to
+    # it, and the wait if they end first: k steps with a write beside them, minus k steps. On a shared machine
+    # that difference drowns in the noise of the steps, so the copy, which the loop certainly waits for, is
+    # the least it is counted as.
+    copy_seconds = timed(lambda: copy_to_cpu(checkpoint), 1)
+    writer, k = CheckpointWriter(), int(write_seconds / step_seconds) + 1
+
+    def steps_beside_a_write():
+        writer.write(checkpoint_path, checkpoint)
+        for _ in range(k):
+            train_step()
+        writer.wait()
+
+    beside_seconds = timed(steps_beside_a_write, 1) - k * step_seconds
+    background_seconds = max(copy_seconds, beside_seconds)
+
 train_ips = args.batch_size / batch_seconds
 epochs, n_images = 200, 280
-projected = epochs * n_images / train_ips + n_images * cache_seconds / args.batch_size
+train_seconds = epochs * n_images / train_ips
+startup_seconds = imports_seconds + build_seconds
+data_seconds = n_images * (decode_seconds + cache_seconds / args.batch_size)
+n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's default cadence, then the last one
+checkpoint_seconds = n_background * background_seconds + write_seconds
+projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
 print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
       f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} cache_teacher {int(use_cache)} | "
       f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
-      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else "")
-      + (f" (+ {cache_seconds / args.batch_size:.3f} s per image once, for the teacher cache)" if use_cache else ""))
+      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else ""))
 print(f"inference: {infer_seconds / args.batch_size:.4f} s/image, {args.batch_size / infer_seconds:.1f} images/s (map + blur included)")
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")
 else:
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB process RSS")
-print(f"projected: one category ({n_images} images x {epochs} epochs) trains in {projected / 60:.1f} min")
+print(f"start-up:  {startup_seconds:.1f} s (python + imports {imports_seconds:.1f} s, building the networks {build_seconds:.1f} s)")
+print(f"per image, once per run: decoding + resizing {decode_seconds:.3f} s (a 1024x1024 PNG)"
+      + (f", teacher cache {cache_seconds / args.batch_size:.3f} s" if use_cache else ""))
+print(f"checkpoint: {checkpoint_bytes / 2**20:.0f} MiB, written in {write_seconds:.2f} s in the foreground; a background write "
+      f"costs training {background_seconds:.2f} s (copy to memory {copy_seconds:.2f} s; {k} steps beside the write took "
+      f"{beside_seconds:+.2f} s more than {k} steps alone)")
+print(f"projected: one category ({n_images} images x {epochs} epochs) takes {projected / 60:.1f} min = start-up {startup_seconds:.0f} s "
+      f"+ data and cache {data_seconds:.0f} s + training {train_seconds:.0f} s + {n_background + 1} checkpoints "
+      f"(every save_minutes={train.save_minutes:g} and the last) {checkpoint_seconds:.1f} s, "
+      f"{100 * checkpoint_seconds / projected:.2f}% of the time")

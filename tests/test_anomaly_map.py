@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from model import build_model
-from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, inference_network, predict
+from dataset import normalize
+from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, inference_network, predict, teacher_features
 
 
 @pytest.mark.parametrize("shape", [(3, 256, 256), (2, 64, 48), (1, 7, 5), (1, 1, 40)])
@@ -96,3 +97,21 @@ def test_compiled_scoring_equals_eager():
     assert compiled_maps.shape == (7, 64, 64)
     assert torch.allclose(compiled_maps, maps, atol=tolerance)
     assert torch.allclose(compiled_scores, scores, atol=tolerance)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_teacher_cache_is_the_encoders_output(amp):
+    """train.py's teacher cache (in batches, written into preallocated tensors) holds exactly the encoder's
+    features of the same batches, and a training step can backpropagate through what uses them."""
+    torch.manual_seed(6)
+    encoder, ocbe, decoder = build_model("resnet18", weights="none")
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    cache = teacher_features(encoder, images, batch_size=2, amp=amp)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        chunks = [encoder(normalize(images[i:i + 2])) for i in range(0, 5, 2)]
+    for ours, reference in zip(cache, (torch.cat(tap) for tap in zip(*chunks))):
+        assert ours.dtype == reference.dtype and torch.equal(ours, reference)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        reconstructed = decoder(ocbe(cache))
+    cosine_loss(cache, reconstructed).backward()
+    assert all(p.grad is not None for p in decoder.parameters())

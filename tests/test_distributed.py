@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, run_script
-from dataset import load_train_images, normalize
+from dataset import load_train_images
 from model import build_model
-from utils.anomaly_map import cosine_loss
+from utils.anomaly_map import cosine_loss, teacher_features
 
 SEED, SIZE, WORLD_SIZE = 42, 64, 2
 
@@ -56,10 +56,9 @@ def emulated_ddp_step(data_root, batch_size):
     images = load_train_images(data_root, "stripes", SIZE)
     optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=0.005, betas=(0.5, 0.999), fused=True)  # as train.py
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SEED + 0))  # epoch 0
-    # train.py's cache_teacher: the teacher's features computed once, in chunks of batch_size in storage order
-    # (the same kernels on the same chunks: Adam's first step amplifies last-bit differences of tiny gradients)
-    chunks = [encoder(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-    teacher_cache = [torch.cat(tap) for tap in zip(*chunks)]
+    # train.py's cache_teacher: the same function on the same chunks (Adam's first step amplifies last-bit
+    # differences of tiny gradients)
+    teacher_cache = teacher_features(encoder, images, batch_size)
     ocbe.train(), decoder.train()
     for batch in order.split(batch_size):
         for rank, shard in enumerate(batch.tensor_split(WORLD_SIZE)):

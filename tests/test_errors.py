@@ -144,7 +144,7 @@ BROKEN = ["zero_bytes", "first_100_bytes", "first_half", "random_bytes", "a_fold
     ("train.py", ["--image_size=0"], "--image_size"),
     ("train.py", ["--batch_size=0"], "--batch_size"),
     ("train.py", ["--epochs=0"], "--epochs"),
-    ("train.py", ["--save_every=0"], "--save_every"),
+    ("train.py", ["--save_minutes=-1"], "--save_minutes"),
     ("train.py", ["--resume=1", "--overwrite=1"], "--resume"),
     ("train.py", ["--backbone=resnet19"], "backbone=resnet19"),
     ("train.py", ["--weights=/no/such/teacher.pth"], "weights=/no/such/teacher.pth"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from model import BACKBONES, OCBE, Decoder, build_encoder, build_model
+from model import BACKBONES, OCBE, Decoder, build_encoder, build_loaded, build_model
 
 # SPEC section 3: (OCBE with the unused conv4/bn4, decoder)
 PARAMETER_COUNTS = {
@@ -82,3 +82,35 @@ def test_random_teacher_is_reproducible():
     c = build_encoder("resnet18", weights="none", seed=4).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_random_teacher_is_torchvisions_seeded_init():
+    """weights=none: exactly the torchvision model initialised from the seed, as before skip-init existed."""
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18().state_dict()
+    ours = build_encoder("resnet18", weights="none", seed=3).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in ours.items())
+
+
+def test_loaded_modules_skip_the_init_and_hold_exactly_the_weights(tmp_path):
+    """build_loaded (teacher from a file, OCBE/decoder from a checkpoint): nothing left on the meta device, every
+    tensor equal to the file's, a half-precision file cast to float32 as load_state_dict would, no random
+    numbers drawn from the caller's stream, and a missing key still an error."""
+    torch.manual_seed(0)
+    teacher = torchvision.models.resnet18()
+    path = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in teacher.state_dict().items()}, path)
+    _, ocbe, decoder = build_model("resnet18", weights="none")
+    rng = torch.get_rng_state()
+    loaded = [build_encoder("resnet18", weights=str(path)), build_loaded(lambda: OCBE("resnet18"), ocbe.state_dict()),
+              build_loaded(lambda: Decoder("resnet18"), decoder.state_dict())]
+    assert torch.equal(torch.get_rng_state(), rng)
+    references = [{k: v.half().float() if v.is_floating_point() else v for k, v in teacher.state_dict().items()},
+                  ocbe.state_dict(), decoder.state_dict()]
+    for module, reference in zip(loaded, references):
+        state = module.state_dict()
+        assert all(v.device.type == "cpu" and v.dtype == reference[k].dtype and torch.equal(v, reference[k]) for k, v in state.items())
+    partial = dict(ocbe.state_dict())
+    partial.pop("conv1.weight")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        build_loaded(lambda: OCBE("resnet18"), partial)

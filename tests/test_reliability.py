@@ -20,11 +20,11 @@ import torch
 
 from conftest import ROOT, SMALL, run_script
 from test_errors import assert_user_error, run_main, snapshot
-from utils.io import atomic_write_json, ckpt_path, load_checkpoint, save_checkpoint
+from utils.io import CheckpointWriter, atomic_write_json, ckpt_path, load_checkpoint, save_checkpoint
 
-# 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_every=100, so only the last epoch
-# and a signal save a checkpoint
-SHORT = ["--category=stripes", "--epochs=3", "--batch_size=2", "--save_every=100", "--seed=3", *SMALL]
+# 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_minutes=1000, so only the end of
+# training and a signal save a checkpoint
+SHORT = ["--category=stripes", "--epochs=3", "--batch_size=2", "--save_minutes=1000", "--seed=3", *SMALL]
 TRAIN = [*SHORT, "--deterministic=1"]  # in subprocesses only: it sets torch's global deterministic mode
 
 
@@ -194,6 +194,44 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch, name, write
         assert load_checkpoint(path)["step"] == 10
 
 
+def test_background_write_is_a_snapshot_and_leaves_no_temporary_file(tmp_path):
+    """CheckpointWriter copies the tensors when write() is called: the live ones change on, the file does not."""
+    path = str(tmp_path / "stripes" / "checkpoint.pth")
+    live = {"bn": {"w": torch.zeros(1000)}, "decoder": {}, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "step": 1}
+    writer = CheckpointWriter()
+    writer.write(path, live)
+    live["bn"]["w"] += 1  # the next training steps, while the file is being written
+    live["optimizer"]["state"][0]["exp_avg"] += 1
+    writer.wait()
+    saved = load_checkpoint(path)
+    assert torch.equal(saved["bn"]["w"], torch.zeros(1000)) and torch.equal(saved["optimizer"]["state"][0]["exp_avg"], torch.zeros(3))
+    writer.write(path, live)  # the next one replaces it
+    writer.wait()
+    assert torch.equal(load_checkpoint(path)["bn"]["w"], torch.ones(1000))
+    assert os.listdir(tmp_path / "stripes") == ["checkpoint.pth"]
+
+
+def test_failed_background_write_raises_in_the_training_thread(tmp_path, monkeypatch):
+    """A full disk in the writer thread: the error comes out of wait() (and check()) in the caller's thread,
+    unchanged, once; the previous checkpoint is byte-identical and the partial temporary file is gone."""
+    path = str(tmp_path / "stripes" / "checkpoint.pth")
+    writer = CheckpointWriter()
+    writer.write(path, {"bn": {"w": torch.zeros(10)}, "decoder": {}, "step": 10})
+    writer.wait()
+    before = snapshot(tmp_path)
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *args, **kwargs: FullDisk(real_fdopen(fd, *args, **kwargs), 1000, error))
+    writer.write(path, {"bn": {"w": torch.zeros(100_000)}, "decoder": {}, "step": 20})
+    writer.thread.join()  # the write has failed by now, in the background
+    with pytest.raises(OSError) as raised:
+        writer.check()
+    assert raised.value is error
+    writer.wait()  # reported once: nothing more to raise
+    assert snapshot(tmp_path) == before
+    assert load_checkpoint(path)["step"] == 10
+
+
 # -----------------------------------------------------------------------------
 # signals and resuming
 
@@ -210,7 +248,8 @@ def deterministic_runs(data_root, tmp_path_factory):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, deterministic_runs, signum):
     out_dir = tmp_path / "runs"
-    args = [sys.executable, "train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN]
+    # a checkpoint after every step, written in the background while the next steps change the weights
+    args = [sys.executable, "train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN, "--save_minutes=0"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -227,13 +266,37 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, det
     path = ckpt_path(str(out_dir), "stripes")
     assert sorted(os.listdir(out_dir / "stripes")) == ["checkpoint.pth", "config.json"]  # no temporary files
     stopped = load_checkpoint(path)
-    assert 4 < stopped["step"] < 12, stopped["step"]
+    assert 4 < stopped["step"] < 12, stopped["step"]  # the signal's checkpoint, at the step after it came
 
     resumed = run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--resume=1", *TRAIN)
     assert f"step {stopped['step']}" in resumed.stdout
     final, uninterrupted = load_checkpoint(path), load_checkpoint(ckpt_path(str(deterministic_runs[0]), "stripes"))
     for key in ("bn", "decoder", "optimizer", "step", "epoch"):
         assert_same(final[key], uninterrupted[key], key)
+
+
+def test_failed_background_write_stops_training(data_root, tmp_path, monkeypatch):
+    """The disk fills up while train.py writes its second checkpoint in the background: the run stops with
+    the one-line disk error and status 1, the first checkpoint is intact, no temporary file is left."""
+    out_dir = tmp_path / "runs"
+    path = out_dir / "stripes" / "checkpoint.pth"
+    real_fdopen, checkpoints = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if ".checkpoint.pth." not in os.readlink(f"/proc/self/fd/{fd}"):
+            return f  # config.json
+        checkpoints.append(fd)
+        return FullDisk(f, 1000, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) if len(checkpoints) == 2 else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
+                      "--epochs=3", "--batch_size=4", "--save_minutes=0", *SMALL)
+    assert_user_error(result, "no space left on the disk")
+    assert result.returncode == 1
+    assert len(checkpoints) == 2  # the run stopped at the failed write: no third one
+    assert load_checkpoint(str(path))["step"] == 1
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json"]
 
 
 # -----------------------------------------------------------------------------
@@ -247,7 +310,7 @@ def test_diverging_lr_stops_and_keeps_the_previous_checkpoint(data_root, tmp_pat
     save_checkpoint(str(path), {"bn": {}, "decoder": {}, "step": 7})  # an earlier run's, small stand-in
     before = digest(path)
     result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
-                      "--overwrite=1", "--lr=1e30", "--epochs=2", "--batch_size=4", "--save_every=1", *SMALL)
+                      "--overwrite=1", "--lr=1e30", "--epochs=2", "--batch_size=4", "--save_minutes=1000", *SMALL)
     assert result.returncode == 1
     assert_user_error(result, "loss is nan", path)
     assert digest(path) == before and load_checkpoint(str(path))["step"] == 7
@@ -255,27 +318,26 @@ def test_diverging_lr_stops_and_keeps_the_previous_checkpoint(data_root, tmp_pat
 
 
 def test_nan_after_a_save_keeps_that_save(data_root, tmp_path, monkeypatch):
-    """The loss turns NaN at step 3 (in epoch 2); the checkpoint of epoch 1 (step 2) is what remains, unchanged."""
+    """The loss turns NaN at step 3 (in epoch 2) of a run that saves after every step (--save_minutes=0, in
+    the background); the checkpoint of step 3, which may still be being written when the bad step comes, is
+    completed and is what remains: no NaN weights, no temporary file."""
     import utils.anomaly_map
     out_dir = tmp_path / "runs"
     path = out_dir / "stripes" / "checkpoint.pth"
-    real_loss, calls, saved = utils.anomaly_map.cosine_loss, [], []
+    real_loss, calls = utils.anomaly_map.cosine_loss, []
 
     def poisoned_loss(teacher, student):
         calls.append(1)
         loss = real_loss(teacher, student)
-        if len(calls) == 4:
-            saved.append(digest(path))  # the checkpoint as it is when the bad step comes
-            return loss * float("nan")
-        return loss
+        return loss * float("nan") if len(calls) == 4 else loss
 
     monkeypatch.setattr(utils.anomaly_map, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
     result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
-                      "--epochs=3", "--batch_size=4", "--save_every=1", *SMALL)
+                      "--epochs=3", "--batch_size=4", "--save_minutes=0", *SMALL)
     assert_user_error(result, "loss is nan at epoch 2, step 3", path)
-    assert len(calls) == 4 and digest(path) == saved[0]
+    assert len(calls) == 4
     checkpoint = load_checkpoint(str(path))
-    assert checkpoint["step"] == 2
+    assert checkpoint["step"] == 3
     assert all(torch.isfinite(v).all() for part in ("bn", "decoder") for v in checkpoint[part].values() if v.is_floating_point())
     assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json"]
 

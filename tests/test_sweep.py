@@ -110,7 +110,7 @@ def test_interrupted_sweep_resumes(tmp_path):
     data_root, out_dir = str(tmp_path / "data"), str(tmp_path / "runs")
     make_category(data_root, "stripes", size=64, n_train=8, n_test_good=2, n_test_defect=1, seed=0)
     command = sweep_command(f"--data_root={data_root}", f"--out_dir={out_dir}", "--categories=stripes", *SMALL,
-                            "--epochs=8", "--batch_size=4", "--save_every=1")
+                            "--epochs=8", "--batch_size=4", "--save_minutes=0")
     checkpoint = os.path.join(out_dir, "stripes", "checkpoint.pth")
     env = dict(os.environ, PYTHON=sys.executable)
     sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,7 +2,8 @@
 Files that train.py and test.py share: where a run's checkpoint lives, atomic writes, safe loading.
 
 Every output is written to a temporary file in the same folder and renamed over the target, so a crash,
-Ctrl-C or a full disk leaves either the old file or the new one, never half of one.
+Ctrl-C or a full disk leaves either the old file or the new one, never half of one. CheckpointWriter does the
+same for training checkpoints in a background thread, so that the training steps go on while it writes.
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 import pickle
 import re
 import tempfile
+import threading
 import warnings
 
 import torch
@@ -61,6 +63,54 @@ def save_checkpoint(path, checkpoint):
         if isinstance(e.__context__, (OSError, KeyboardInterrupt)):
             raise e.__context__ from None
         raise
+
+
+def copy_to_cpu(obj):
+    """obj (nested dicts, lists, tuples) with every tensor replaced by a copy of it in CPU memory: a snapshot
+    that the training steps, which change the live tensors in place, cannot touch."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: copy_to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_to_cpu(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """save_checkpoint in a background thread: write() copies the checkpoint to CPU memory and returns, the
+    file is written (atomically) while training goes on. One write at a time: write() first waits for the
+    previous one. A write that failed (a full disk) raises its error in the training thread at the next
+    check(), write() or wait(); the file it was replacing is then intact. wait() before the process exits."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def write(self, path, checkpoint):
+        self.wait()
+        snapshot = copy_to_cpu(checkpoint)
+        # not a daemon: should the process end without wait(), Python still finishes the write before exiting
+        self.thread = threading.Thread(target=self._write, args=(path, snapshot), name="checkpoint writer")
+        self.thread.start()
+
+    def _write(self, path, checkpoint):
+        try:
+            save_checkpoint(path, checkpoint)
+        except BaseException as e:  # handed to the training thread, which stops the run with it
+            self.error = e
+
+    def check(self):
+        """Raise the error of a background write that failed, if one did."""
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def wait(self):
+        """Block until the write in flight, if any, is on disk; raise its error if it failed."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self.check()
 
 
 def first_line(error):
