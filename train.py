@@ -25,7 +25,8 @@ from dataset import load_train_images, normalize
 from model import build_model
 from utils.anomaly_map import cosine_loss
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.io import atomic_write_json, ckpt_path, load_checkpoint, run_dir, save_checkpoint
+from utils.files import atomic_write_json
+from utils.io import ckpt_path, load_checkpoint, run_dir, save_checkpoint
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------

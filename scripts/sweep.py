@@ -32,7 +32,8 @@ import torch  # noqa: E402
 import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
 import train as train_script  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.io import atomic_write_json, atomic_write_text, ckpt_path, run_dir  # noqa: E402
+from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.io import ckpt_path, run_dir  # noqa: E402
 
 # -----------------------------------------------------------------------------
 categories = ""  # comma-separated folder names under data_root; default: the MVTec AD categories found there
