@@ -188,18 +188,26 @@ def anomaly_map_ops(model):
     return sorted(names)
 
 
-def quantize_int8(onnx_path, settings, metadata):
-    """The ONNX model quantised to int8 by NNCF, calibrated on the training images; scores the test split with
-    both and returns (the int8 OpenVINO model, its metadata)."""
+def quantize_openvino(onnx_path, calibration_images):
+    """The ONNX model at onnx_path as an OpenVINO model quantised to int8 by NNCF post-training quantisation,
+    calibrated on uint8 images (N,3,S,S); the anomaly map's ops stay float."""
     nncf, openvino = import_deploy_packages("nncf", "openvino")
     nncf.set_log_level(logging.WARNING)  # not a line per op it leaves alone
-    size = settings["image_size"]
-    train_images = load_train_images(settings["data_root"], settings["category"], size).numpy()  # (N,3,S,S) uint8
-    calibration = nncf.Dataset([image[None] for image in train_images[:calibration_images]])  # batches of 1
     fp32_model = openvino.Core().read_model(onnx_path)
-    print(f"int8: calibrating on {min(len(train_images), calibration_images)} training images of {settings['category']}")
-    int8_model = nncf.quantize(fp32_model, calibration, subset_size=min(len(train_images), calibration_images),
-                               ignored_scope=nncf.IgnoredScope(names=anomaly_map_ops(fp32_model), validate=False))
+    calibration = nncf.Dataset([image[None] for image in calibration_images])  # batches of 1
+    return nncf.quantize(fp32_model, calibration, subset_size=len(calibration_images),
+                         ignored_scope=nncf.IgnoredScope(names=anomaly_map_ops(fp32_model), validate=False))
+
+
+def quantize_int8(onnx_path, settings, metadata):
+    """The ONNX model quantised to int8, calibrated on the category's training images; scores the test split
+    with it and the fp32 model, prints both metrics and returns the int8 OpenVINO model with its metadata."""
+    (openvino,) = import_deploy_packages("openvino")
+    size = settings["image_size"]
+    train_images = load_train_images(settings["data_root"], settings["category"], size).numpy()[:calibration_images]  # (N,3,S,S) uint8
+    print(f"int8: calibrating on {len(train_images)} training images of {settings['category']}")
+    int8_model = quantize_openvino(onnx_path, train_images)
+    fp32_model = openvino.Core().read_model(onnx_path)
     int8_metadata = {**metadata, "precision": "int8"}
     test_images, masks, labels, _ = load_test_set(settings["data_root"], settings["category"], size)
     results = {}
