@@ -277,7 +277,7 @@ def main():
     settings = evaluation.resolve_settings(ckpt)
     network = evaluation.load_network(ckpt, settings, torch.device("cpu"))
     metadata = {
-        "format": FORMAT, "method": "rd++" if "proj" in ckpt else "rd", "backbone": settings["backbone"],
+        "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
         "image_size": str(settings["image_size"]), "map_mode": map_mode, "precision": "fp32",
         **evaluation_metadata(settings), "checkpoint": checkpoint, "version": project_version(),
     }

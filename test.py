@@ -1,11 +1,14 @@
 """
-Evaluate a Reverse Distillation checkpoint on one category's test split.
+Evaluate a Reverse Distillation (RD or RD++) checkpoint on one category's test split.
 
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth
     $ python test.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
+    $ python test.py --checkpoint=rdpp_bottle.pth --data_root=data/mvtec --category=bottle     # official RD++ checkpoint
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth --save_images=3   # + 3 picture strips per defect type
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth --images=photos/  # score new images, no labels needed
 
+The method is read from the checkpoint: one with RD++'s projection layer ('proj') is scored through it
+(teacher -> projection -> OCBE -> decoder), compared with the teacher's own features as in RD.
 For every test image: the teacher's and the student's three feature maps, per tap 1 - cosine similarity
 along channels, upsampled (bilinear, align_corners=True) to the image size, summed ('add') or multiplied
 ('mul'), blurred with a sigma-4 Gaussian (scipy.ndimage.gaussian_filter semantics). Image score = map max.
@@ -21,7 +24,7 @@ predict/<file name>.png (input | heatmap) per image. The threshold is --threshol
 Heatmaps are comparable across a category: the colormap spans the min..max of all the test set's anomaly
 maps (saved as heatmap_range in results.json and reused by --images), not each image's own range.
 
-Our checkpoints carry their training config; for an official one ({'bn', 'decoder'} only) give
+Our checkpoints carry their training config; for an official one ({'bn', 'decoder'}, RD++ also 'proj') give
 --data_root and --category, and --backbone/--image_size/--weights if not wide_resnet50_2/256/imagenet.
 """
 
@@ -33,7 +36,7 @@ import time
 import torch
 
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
-from model import build_model
+from model import MultiProjection, build_model
 from utils.anomaly_map import inference_network, predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, write_csv
@@ -66,6 +69,15 @@ config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.is
 OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
 
 
+def checkpoint_method(ckpt):
+    """'rd++' for a checkpoint with RD++'s projection layer ('proj'), else 'rd'; the config, where there is one, must agree."""
+    method = "rd++" if "proj" in ckpt else "rd"
+    trained = ckpt.get("config", {}).get("method", method)
+    if trained != method:
+        raise ConfigError(f"checkpoint={checkpoint}: its config says method={trained}, but it {'has' if method == 'rd++' else 'lacks'} RD++'s projection layer 'proj'")
+    return method
+
+
 def resolve_settings(ckpt):
     """Command-line settings win where the checkpoint has none; where it has one, they must agree with it."""
     trained = ckpt.get("config", OFFICIAL_CONFIG)
@@ -78,21 +90,26 @@ def resolve_settings(ckpt):
         if not settings[name] and not (name == "data_root" and images):  # scoring a folder needs no data_root
             raise ConfigError(f"--{name} is required: {checkpoint} does not say which {name} it was trained on")
     settings["seed"] = trained.get("seed", 0)
+    settings["method"] = checkpoint_method(ckpt)
     return settings
 
 
 def load_network(ckpt, settings, dev):
-    """The checkpoint's teacher + student as one network for scoring (utils.anomaly_map.inference_network)."""
+    """The checkpoint's teacher + student as one network for scoring (utils.anomaly_map.inference_network);
+    with RD++'s projection layer when the checkpoint has one ('proj'), loaded as strictly as the rest."""
     encoder, ocbe, decoder = build_model(settings["backbone"], settings["weights"], settings["seed"])
+    proj = MultiProjection(settings["backbone"]) if "proj" in ckpt else None
     # official checkpoints of some categories carry extra 'memory' keys that no model uses
     bn_state = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
     try:
         ocbe.load_state_dict(bn_state)
         decoder.load_state_dict(ckpt["decoder"])
+        if proj is not None:
+            proj.load_state_dict(ckpt["proj"])
     except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line), "")
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
         raise ConfigError(f"checkpoint={checkpoint}: does not fit backbone={settings['backbone']} ({detail[:200]})") from None
-    return inference_network(encoder, ocbe, decoder).to(dev)
+    return inference_network(encoder, ocbe, decoder, proj).to(dev)
 
 
 def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):
@@ -187,7 +204,7 @@ def main():
     folder = run_dir(settings["out_dir"], settings["category"])
     results = {
         "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
-        "checkpoint": checkpoint, "backbone": settings["backbone"], "weights": settings["weights"],
+        "checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],
         "image_size": settings["image_size"], "map_mode": map_mode, "seconds_per_image": predict_seconds / len(labels),
         "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
         "train_config": ckpt.get("config"),  # None for official checkpoints
@@ -196,7 +213,7 @@ def main():
     write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
               ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
     shown = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
-    print(f"{settings['category']}: " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in shown))
+    print(f"{settings['category']} ({settings['method']}): " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in shown))
     for name, reason in metrics["undefined"].items():
         print(f"  {name} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")

@@ -1,14 +1,17 @@
 """
-Train Reverse Distillation (Deng & Li, CVPR 2022) on the normal images of one category.
+Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 2023) on the normal images of one category.
 
     $ python train.py --data_root=data/mvtec --category=bottle
+    $ python train.py --data_root=data/mvtec --category=bottle --method=rd++ --official_epochs=1   # RD++, its epochs
     $ python train.py --data_root=data/demo --category=stripes --backbone=resnet18 --image_size=128 --weights=none
     $ torchrun --nproc_per_node=4 train.py --category=bottle    # data-parallel over 4 GPUs, same global batch
 
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
-trains OCBE + decoder to minimise the teacher-student cosine distance. The model after the last epoch is
-saved to <out_dir>/<category>/checkpoint.pth; evaluate it with test.py. No test data is looked at here.
+trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
+lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth;
+evaluate it with test.py. No test data is looked at here.
 """
 
 import math
@@ -22,14 +25,16 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from dataset import load_train_images, normalize
-from model import build_model
+from model import METHODS, MultiProjection, build_model
 from utils.anomaly_map import cosine_loss
+from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json
 from utils.io import ckpt_path, load_checkpoint, run_dir, save_checkpoint
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
+method = "rd"  # rd (Deng & Li, CVPR 2022) | rd++ (Tien et al., CVPR 2023: + projection layer and pseudo-anomalies)
 data_root = "data/mvtec"  # folder holding CATEGORY/train/good, CATEGORY/test, CATEGORY/ground_truth
 category = "bottle"  # any sub-folder of data_root
 backbone = "wide_resnet50_2"  # teacher: resnet18 | resnet34 | resnet50 | wide_resnet50_2 | wide_resnet101_2
@@ -47,6 +52,12 @@ compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
 out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
 save_every = 10  # epochs between checkpoints (the last epoch is always saved)
+# RD++ only (method = "rd++"), the official values:
+proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
+weight_proj = 0.2  # weight of the projection loss (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11
+step_every = 2  # optimizer step after every 2nd batch of an epoch, from that batch's gradient alone (the official code zeroes gradients before each backward), the other batches only move BatchNorm statistics
+ssot = True  # compute the SSOT term; it compares the batch with a permutation of itself, so it is 0 with zero gradient up to rounding: False skips its cost
+official_epochs = False  # each MVTec AD category's epochs of the official code (10 for carpet and leather ... 300) instead of epochs
 resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
 overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
@@ -54,6 +65,7 @@ debug = False  # show Python tracebacks for user errors
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
 # a resumed run must have been trained with the same values of these
 resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
+rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "ssot"]  # and these for RD++
 
 
 def check_config():
@@ -67,6 +79,11 @@ def check_config():
         (save_every >= 1, "save_every", "at least 1"),
         (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
         (not (resume and overwrite), "resume", "left off when overwrite=True"),
+        (method in METHODS, "method", " or ".join(METHODS)),
+        (method != "rd++" or image_size // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (math.isfinite(proj_lr) and proj_lr > 0, "proj_lr", "a positive finite number"),
+        (step_every >= 1, "step_every", "at least 1"),
+        (not official_epochs or category in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
     ]
     for ok, name, expected in checks:
         if not ok:
@@ -87,8 +104,12 @@ def setup_distributed():
 
 
 def main():
+    global epochs
     apply_overrides(globals(), sys.argv[1:], config_keys)
     check_config()
+    if official_epochs:  # RD++
+        epochs = OFFICIAL_EPOCHS[category]
+    rdpp = method == "rd++"
     config = {k: globals()[k] for k in config_keys}
     rank, world_size, dev = setup_distributed()
     log = print if rank == 0 else lambda *args: None
@@ -101,18 +122,29 @@ def main():
     images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
     encoder, ocbe, decoder = build_model(backbone, weights, seed)
     encoder, ocbe, decoder = encoder.to(dev), ocbe.to(dev), decoder.to(dev)
+    param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
+    if rdpp:  # RD++: the projection layer between teacher and OCBE, trained with its own learning rate
+        proj = MultiProjection(backbone).to(dev)
+        param_groups.append({"params": list(proj.parameters()), "lr": proj_lr})
+        pseudo_anomalies = SimplexPatches(image_size, seed)
     # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
-    optimizer = torch.optim.Adam(list(ocbe.parameters()) + list(decoder.parameters()), lr=lr, betas=betas, fused=True)
+    optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
 
     steps_per_epoch = math.ceil(len(images) / batch_size)
-    step = 0  # optimizer steps done; the epoch and the batch within it follow from it
+    if rdpp and steps_per_epoch < step_every:
+        raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
+    step = 0  # batches done; the epoch and the batch within it follow from it
     if resume and os.path.exists(path):
         checkpoint = load_checkpoint(path, dev)
-        for k in resume_keys:
+        for k in resume_keys + (rdpp_resume_keys if rdpp else []):
             if checkpoint.get("config", {}).get(k) != config[k]:
                 raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
+        if ("proj" in checkpoint) != rdpp:
+            raise ConfigError(f"--method={method}: {path} is {'an RD++' if 'proj' in checkpoint else 'an RD'} checkpoint; resume with its method or use another out_dir")
         ocbe.load_state_dict(checkpoint["bn"])
         decoder.load_state_dict(checkpoint["decoder"])
+        if rdpp:
+            proj.load_state_dict(checkpoint["proj"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
         if step > epochs * steps_per_epoch:
@@ -126,6 +158,8 @@ def main():
             atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)  # beside its checkpoint
             checkpoint = {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict(),
                           "epoch": step // steps_per_epoch, "step": step, "config": config}
+            if rdpp:
+                checkpoint["proj"] = proj.state_dict()  # the official RD++ key
             save_checkpoint(path, checkpoint)
 
     # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
@@ -133,7 +167,8 @@ def main():
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _: stop_signal.append(s))
 
-    student = torch.nn.Sequential(ocbe, decoder)  # teacher features -> OCBE embedding -> rebuilt features
+    # teacher features -> OCBE embedding -> rebuilt features (RD++: teacher features -> projection -> OCBE -> decoder)
+    student = ProjectedStudent(proj, ocbe, decoder) if rdpp else torch.nn.Sequential(ocbe, decoder)
     student.train()
     if world_size > 1:
         if dev.type == "cuda":  # batch statistics over the global batch, as one process would compute them
@@ -149,36 +184,49 @@ def main():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             chunks = [encoder(normalize(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
         teacher_cache = [torch.cat(tap) for tap in zip(*chunks)]  # 3 taps, each (N,C,H,W)
-    log(f"training {category}: {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
+    log(f"training {category} ({method}): {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
         + (f" x {world_size} processes" if world_size > 1 else ""))
     while step < epochs * steps_per_epoch:
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
-        t0, total = time.time(), 0.0
+        t0, total, n_updates = time.time(), 0.0, 0
         for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
             batch = order[i * batch_size:(i + 1) * batch_size]
             shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            # RD++: an optimizer step on every step_every-th batch of the epoch; the batches in between only
+            # move the BatchNorm statistics (the official code computes their gradient, then zeroes it unused)
+            update = not rdpp or (i + 1) % step_every == 0
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(update):
                 if teacher_cache is None:
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
-                reconstructed = student(teacher)
-            # a last batch smaller than the number of processes leaves some an empty shard: they still join
-            # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-            loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
-            # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
-            (loss * len(shard) * world_size / len(batch)).backward()
-            loss = loss.detach() * len(shard) / len(batch)
-            if world_size > 1:
-                dist.all_reduce(loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                if rdpp and update:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
+                    generator = step_generator(seed, step)  # this step's noise and shuffle, whatever the process
+                    noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
+                    shuffle = torch.randperm(len(shard), generator=generator)
+                    noisy_teacher = encoder(noisy)  # 3 taps
+                    reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+                else:
+                    reconstructed = student(teacher)  # 3 taps
+            if update:
+                # a last batch smaller than the number of processes leaves some an empty shard: they still join
+                # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+                loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
+                if rdpp and len(shard):  # RD++: + the projection layer's loss
+                    loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+                # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
+                (loss * len(shard) * world_size / len(batch)).backward()
+                loss = loss.detach() * len(shard) / len(batch)
+                if world_size > 1:
+                    dist.all_reduce(loss)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                total, n_updates = total + loss.item(), n_updates + 1
             step += 1
-            total += loss.item()
             if world_size > 1:  # every process must stop at the same step
                 stop = torch.tensor(float(bool(stop_signal)), device=dev)
                 dist.all_reduce(stop)
@@ -188,7 +236,7 @@ def main():
                 save()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / (steps_per_epoch - first_batch):.4f} | {time.time() - t0:.1f}s")
+        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
         if (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
             save()
     log(f"saved {path}")

@@ -1,8 +1,12 @@
-"""Reverse Distillation's three parts: frozen teacher encoder, trainable OCBE (`bn`) and student decoder."""
+"""Reverse Distillation's three parts: frozen teacher encoder, trainable OCBE (`bn`) and student decoder, and
+RD++'s multi-projection layer (`proj`) that sits between the teacher and the OCBE."""
 
 from model.bn_fusion import OCBE
 from model.de_resnet import Decoder
 from model.encoder import BACKBONES, build_encoder
+from model.projection import MultiProjection
+
+METHODS = ("rd", "rd++")  # RD (CVPR 2022); RD++ (CVPR 2023) adds the projection layer and its losses
 
 
 def build_model(backbone, weights="imagenet", seed=0):
@@ -10,4 +14,4 @@ def build_model(backbone, weights="imagenet", seed=0):
     return build_encoder(backbone, weights, seed), OCBE(backbone), Decoder(backbone)
 
 
-__all__ = ["BACKBONES", "OCBE", "Decoder", "build_encoder", "build_model"]
+__all__ = ["BACKBONES", "METHODS", "OCBE", "Decoder", "MultiProjection", "build_encoder", "build_model"]

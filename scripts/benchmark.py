@@ -1,9 +1,10 @@
 """
-Speed and memory of Reverse Distillation training and inference, on random images (no data needed).
+Speed and memory of Reverse Distillation (RD or RD++) training and inference, on random images (no data needed).
 
     $ python scripts/benchmark.py --device=cpu --backbone=wide_resnet50_2 --image_size=256 --batch_size=4
     $ python scripts/benchmark.py --device=cuda --batch_size=16 --amp=1 --compile=1 --channels_last=1
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --teacher_grad=1   # the official code's step
+    $ python scripts/benchmark.py --device=cpu --batch_size=4 --method=rd++      # RD++'s step and inference
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --runtime=all --train=0   # torch vs exported models
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
@@ -12,7 +13,9 @@ student + anomaly map + blur: utils.anomaly_map.predict on test.py's inference_n
 and channels_last; --plain_inference=1 runs the modules as built instead), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
-Times are medians over --steps calls.
+--method=rd++ times RD++'s step as train.py takes it on a stepped batch (noisy teacher pass, projection of both
+batches, the projection loss) and its inference (the projection layer in the student path). Times are medians
+over --steps calls.
 
 --runtime=torch,onnxruntime,openvino,openvino_int8 (or all) times the inference of the same network on the same
 images in each runtime: test.py's torch path, and the graph export.py writes (its ImageScorer, exported the same
@@ -33,12 +36,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import normalize  # noqa: E402
-from model import build_model  # noqa: E402
+from model import MultiProjection, build_model  # noqa: E402
 from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict  # noqa: E402
+from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
+parser.add_argument("--ssot", type=int, default=1, help="rd++: compute the SSOT term, 0 | 1 (default: 1, as train.py)")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
 parser.add_argument("--backbone", default="wide_resnet50_2", help="default: wide_resnet50_2")
 parser.add_argument("--image_size", type=int, default=256, help="default: 256")
@@ -66,12 +72,20 @@ if args.threads:
 torch.backends.cudnn.benchmark = True
 torch.manual_seed(0)
 encoder, ocbe, decoder = build_model(args.backbone, weights="none")
+rdpp = args.method == "rd++"
+proj = MultiProjection(args.backbone) if rdpp else None
 memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 encoder, ocbe, decoder = (m.to(dev, memory_format=memory_format) for m in (encoder, ocbe, decoder))
-student = torch.nn.Sequential(ocbe, decoder)
+if rdpp:
+    proj = proj.to(dev, memory_format=memory_format)
+student = ProjectedStudent(proj, ocbe, decoder) if rdpp else torch.nn.Sequential(ocbe, decoder)
 train_student = torch.compile(student) if args.compile else student
-# train.py's fused Adam; the official code uses the default implementation
-optimizer = torch.optim.Adam(student.parameters(), lr=0.005, betas=(0.5, 0.999), fused=not args.teacher_grad)
+# train.py's fused Adam (RD++: the projection layer in a second group); the official code uses the default implementation
+param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
+if rdpp:
+    param_groups.append({"params": list(proj.parameters()), "lr": 0.001})
+    pseudo_anomalies = SimplexPatches(args.image_size, seed=0)
+optimizer = torch.optim.Adam(param_groups, lr=0.005, betas=(0.5, 0.999), fused=not args.teacher_grad)
 images = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8, device=dev)
 if args.teacher_grad:
     encoder.requires_grad_(True)
@@ -135,7 +149,7 @@ def teacher_features():
 
 
 # inference first, in a process that has not trained (test.py's situation)
-network = TeacherStudent(encoder, ocbe, decoder).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder)
+network = TeacherStudent(encoder, ocbe, decoder, proj).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder, proj)
 inference = {"torch": lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile))}
 with tempfile.TemporaryDirectory() as export_folder:
     for runtime, exported in (exported_models(network, export_folder) if runtimes != ("torch",) else {}).items():
@@ -146,7 +160,7 @@ del network, inference
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 
-print(f"{args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
+print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
       f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} "
       f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)} | torch {torch.__version__}, {torch.get_num_threads()} threads")
 for runtime, seconds in infer_seconds.items():
@@ -163,21 +177,39 @@ teacher_cache = teacher_features() if use_cache else None
 def train_step():
     teacher = teacher_cache if use_cache else teacher_features()
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
-        student_features = train_student(teacher)
+        if rdpp:  # train.py's RD++ step: the noisy teacher pass, both batches through the projection
+            generator = step_generator(0, 0)
+            noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
+            noisy_teacher = teacher_forward(noisy)
+            student_features, projected, projected_noisy = train_student(teacher, noisy_teacher)
+        else:
+            student_features = train_student(teacher)
     loss = cosine_loss(teacher, student_features)
+    if rdpp:
+        shuffle = torch.randperm(args.batch_size, generator=generator)
+        loss = loss + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, bool(args.ssot))[0]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
+def statistics_pass():
+    """RD++ with step_every=2: a batch between two steps only runs the student forward for BatchNorm statistics."""
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
+        train_student(teacher_cache if use_cache else teacher_features())
+
+
 student.train()
 step_seconds = timed(train_step, args.steps)
+# one optimizer step per 2 batches for RD++: the mean time of a batch
+batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2 if rdpp else step_seconds
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
-train_ips = args.batch_size / step_seconds
+train_ips = args.batch_size / batch_seconds
 epochs, n_images = 200, 280
 projected = epochs * n_images / train_ips + n_images * cache_seconds / args.batch_size
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
+      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else "")
       + (f" (+ {cache_seconds / args.batch_size:.3f} s per image once, for the teacher cache)" if use_cache else ""))
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")

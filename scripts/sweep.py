@@ -1,10 +1,11 @@
 """
-Train and test Reverse Distillation on every MVTec AD category, then tabulate the results.
+Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every MVTec AD category, then tabulate the results.
 
     $ bash scripts/run_all_mvtec.sh                                        # the 15 categories under data/mvtec
     $ python scripts/sweep.py --categories=bottle,screw --epochs=50        # any train.py / test.py --name=value
     $ python scripts/sweep.py --gpus=0,1 --force=1                         # two GPUs; retrain what is finished
     $ python scripts/sweep.py --table_only=1 --out_dir=runs --epochs=50    # rebuild runs/results.md, run nothing
+    $ python scripts/sweep.py --method=rd++ --official_epochs=1 --out_dir=runs_rdpp   # RD++ with its official epochs
 
 Per category C: `python train.py --category=C --resume=1 ...`, then `python test.py --checkpoint=<out_dir>/C/checkpoint.pth
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
@@ -34,6 +35,7 @@ import train as train_script  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.io import ckpt_path, run_dir  # noqa: E402
+from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
 
 # -----------------------------------------------------------------------------
 categories = ""  # comma-separated folder names under data_root; default: the MVTec AD categories found there
@@ -50,7 +52,8 @@ SET_BY_SWEEP = {
     "overwrite": "the sweep always resumes an interrupted category; --force=1 retrains from scratch",
 }
 # a results.json counts as done when its training config has the requested values of these
-COMPARED_KEYS = train_script.resume_keys + ["epochs"]
+COMPARED_KEYS = train_script.resume_keys + ["epochs", "method"]
+METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
 
 # The seed's order. Reference numbers are from SPEC.md section 6 (MVTec AD, wide_resnet50_2).
 MVTEC = ("carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut", "metal_nut",
@@ -64,7 +67,7 @@ ANOMALIB = {
 MEAN_ONLY = {  # (label, {metric: 15-category mean})
     "paper": ("paper (Deng & Li, CVPR 2022), 15-category mean", {"image_auroc": .985, "pixel_auroc": .978}),
     "paper_pro": ("paper's PRO (per-image, official script; not AUPRO), 15-category mean", {"pixel_aupro": .939}),
-    "rdpp": ("RD++ (CVPR 2023), 15-category mean", {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499}),
+    "rdpp": ("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score", {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499}),
 }
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
           ("AUPRO", "pixel_aupro")]
@@ -84,12 +87,16 @@ def read_json(path):
 
 
 def requested_config(train_config, category):
-    return {k: as_json(category if k == "category" else train_config[k]) for k in COMPARED_KEYS}
+    keys = COMPARED_KEYS + (train_script.rdpp_resume_keys if train_config["method"] == "rd++" else [])
+    requested = {k: as_json(category if k == "category" else train_config[k]) for k in keys}
+    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS:  # train.py trains (and records) these
+        requested["epochs"] = OFFICIAL_EPOCHS[category]
+    return requested
 
 
 def differences(trained, requested):
     """'name=trained (requested value)' for each requested setting a run was not made with."""
-    trained = trained or {}
+    trained = {"method": "rd", **(trained or {})}  # runs from before RD++ was added are RD's
     return [f"{k}={trained.get(k)!r} (requested {v!r})" for k, v in requested.items() if as_json(trained.get(k)) != v]
 
 
@@ -141,9 +148,9 @@ def our_row(label, key, columns, states):
     return [label, average_cell(values, len(columns)), *cells]
 
 
-def metric_rows(key, columns, states, backbone):
+def metric_rows(key, columns, states, backbone, method):
     """Our row for one metric, then the reference rows (MVTec categories only)."""
-    rows = [our_row(f"ours ({backbone})", key, columns, states)]
+    rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
     if key == "pixel_aupro" and any(states[c][0] == "done" and states[c][1].get("pixel_pro_paper") is not None for c in columns):
         rows.append(our_row("ours, the official script's per-image PRO (compare with the paper's PRO)", "pixel_pro_paper", columns, states))
     mvtec_columns = [c for c in columns if c in MVTEC]
@@ -176,7 +183,7 @@ def build_table(out_dir, data_root, requested_categories, train_config):
     header = ["", "Avg", *(title(c) for c in columns)]
     cfg = train_config
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
-    lines = [f"# Reverse Distillation on {data_root}", "",
+    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}", "",
              "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
              + ". "
              f"{counts['done']} of {len(columns)} categories done"
@@ -184,7 +191,7 @@ def build_table(out_dir, data_root, requested_categories, train_config):
              + f". Per category: {out_dir}/<category>/ (results.json, log.txt). "
              f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
     for name, key in TABLES:
-        lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"])), ""]
+        lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"])), ""]
         if key == "pixel_auroc" and any(c in MVTEC for c in columns):
             lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
                       "average 0.9735; its Avg here is the mean of the values in its row.", ""]

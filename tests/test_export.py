@@ -1,5 +1,5 @@
 """
-Deployment: export.py's ONNX graph scores as test.py does on onnxruntime and OpenVINO, scripts/predict_onnx.py
+Deployment: export.py's ONNX graph (RD and RD++) scores as test.py does on onnxruntime and OpenVINO, scripts/predict_onnx.py
 labels a folder as `test.py --images` does without importing torch, and bad input gets one-line errors.
 
     $ python -m pytest -q tests/test_export.py
@@ -26,7 +26,7 @@ import onnx  # noqa: E402
 
 import test as evaluation  # noqa: E402
 from export import METADATA  # noqa: E402
-from model import build_model  # noqa: E402
+from model import MultiProjection, build_model  # noqa: E402
 from utils.anomaly_map import predict  # noqa: E402
 from utils.io import load_checkpoint, save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
@@ -57,24 +57,25 @@ def predict_onnx(*args, check=True):
     return run_script("-c", WITHOUT_TORCH, "scripts/predict_onnx.py", *args, check=check)
 
 
-@pytest.fixture(scope="module", params=[64, 96])
+@pytest.fixture(scope="module", params=[(64, "rd"), (96, "rd"), (64, "rd++"), (96, "rd++")], ids=lambda p: f"{p[1]}-{p[0]}")
 def exported(request, tmp_path_factory):
-    """A resnet18 checkpoint at image size 64 or 96 (random weights, BatchNorm statistics made non-trivial so
-    that folding them matters), exported by export.py: (checkpoint path, model.onnx path, export's stdout)."""
-    size = request.param
-    folder = tmp_path_factory.mktemp(f"export_{size}")
+    """An RD or RD++ resnet18 checkpoint at image size 64 or 96 (random weights, BatchNorm statistics made
+    non-trivial so that folding them matters), exported by export.py: (checkpoint path, model.onnx path, export's stdout)."""
+    size, method = request.param
+    folder = tmp_path_factory.mktemp(f"export_{method}_{size}")
     torch.manual_seed(size)
     _, ocbe, decoder = build_model("resnet18", weights="none")
+    proj = {"proj": MultiProjection("resnet18").state_dict()} if method == "rd++" else {}
     for module in (*ocbe.modules(), *decoder.modules()):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.2)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0, 0.1)
-    config = {"backbone": "resnet18", "weights": "none", "seed": 0, "image_size": size, "data_root": str(folder),
+    config = {"method": method, "backbone": "resnet18", "weights": "none", "seed": 0, "image_size": size, "data_root": str(folder),
               "category": CATEGORY, "out_dir": str(folder)}
     checkpoint = str(folder / CATEGORY / "checkpoint.pth")
-    save_checkpoint(checkpoint, {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), "config": config})
+    save_checkpoint(checkpoint, {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), **proj, "config": config})
     result = run_script("export.py", f"--checkpoint={checkpoint}")
     return checkpoint, str(folder / CATEGORY / "model.onnx"), result.stdout
 
@@ -109,7 +110,8 @@ def test_graph_inputs_outputs_metadata(exported):
     assert [o.name for o in model.graph.output] == ["anomaly_map", "score"]
     metadata = {p.key: p.value for p in model.metadata_props}
     assert set(metadata) == set(METADATA)
-    assert (metadata["method"], metadata["backbone"], metadata["image_size"], metadata["precision"]) == ("rd", "resnet18", str(size), "fp32")
+    config = load_checkpoint(checkpoint)["config"]
+    assert (metadata["method"], metadata["backbone"], metadata["image_size"], metadata["precision"]) == (config["method"], "resnet18", str(size), "fp32")
     # never evaluated: no threshold, no range, and export said so
     assert metadata["image_f1_threshold"] == metadata["heatmap_range"] == "" and metadata["evaluation"].startswith("none: ")
     assert "note: no evaluation" in stdout and "results.json does not exist" in stdout
@@ -173,7 +175,7 @@ def test_predict_onnx_runs_the_int8_model(evaluated_export, mixed_images, tmp_pa
     assert len(read_csv(tmp_path / "scores.csv")) == 6
 
 
-@pytest.mark.parametrize("exported", [64], indirect=True)
+@pytest.mark.parametrize("exported", [(64, "rd")], indirect=True, ids=["rd-64"])
 def test_predict_onnx_never_imports_torch(exported, new_images, tmp_path):
     """The finder above raises on any import of torch or scipy: a run that ends well never imported them.
     The check is real: the same finder stops test.py at its first line."""
@@ -184,7 +186,7 @@ def test_predict_onnx_never_imports_torch(exported, new_images, tmp_path):
     assert refused.returncode != 0 and "torch is not installed here" in refused.stderr
 
 
-@pytest.mark.parametrize("exported", [64], indirect=True)
+@pytest.mark.parametrize("exported", [(64, "rd")], indirect=True, ids=["rd-64"])
 @pytest.mark.parametrize("case", ["no_model", "other_onnx", "checkpoint_as_model", "xml_on_onnxruntime", "unreadable_image", "empty_folder", "no_threshold"])
 def test_predict_onnx_errors(exported, evaluated_export, new_images, tmp_path, case):
     checkpoint, model_path, _ = exported

@@ -44,14 +44,17 @@ def reference_images(data_root, category, split_glob):
     return items
 
 
-def official_evaluation(encoder, ocbe, decoder, items):
-    """Test batch size 1, per-tap 1-cos maps summed in numpy, scipy's gaussian_filter, max = image score."""
+def official_evaluation(encoder, ocbe, decoder, items, proj=None):
+    """Test batch size 1, per-tap 1-cos maps summed in numpy, scipy's gaussian_filter, max = image score.
+    RD++ (proj given): the decoder reads ocbe(proj(teacher)) and is compared with the unprojected teacher."""
     ocbe.eval(), decoder.eval()
+    if proj is not None:
+        proj.eval()
     scores, pixel_scores, pixel_labels, image_labels = {}, [], [], []
     with torch.no_grad():
         for image, mask, path in items:
             teacher = encoder(image[None])
-            student = decoder(ocbe(teacher))
+            student = decoder(ocbe(teacher if proj is None else proj(teacher)))
             amap = np.zeros((SIZE, SIZE))
             for t, s in zip(teacher, student):
                 a = 1 - F.cosine_similarity(t, s)[:, None]

@@ -4,6 +4,7 @@ Teacher-student cosine distance: the training loss and the test-time anomaly map
     loss = cosine_loss(teacher_features, student_features)           # scalar, for training
     maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred, for testing
     maps, scores = predict(inference_network(encoder, ocbe, decoder), images)  # a whole test set
+    maps, scores = predict(inference_network(encoder, ocbe, decoder, proj), images)  # RD++
 """
 
 import copy
@@ -69,23 +70,25 @@ def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0)
 
 
 class TeacherStudent(torch.nn.Module):
-    """image -> (teacher taps, student taps): the three networks as one module."""
+    """image -> (teacher taps, student taps): the networks as one module. With RD++'s projection layer `proj`
+    the student reads the projected taps, but is still compared with the teacher's own (unprojected) taps."""
 
-    def __init__(self, encoder, ocbe, decoder):
+    def __init__(self, encoder, ocbe, decoder, proj=None):
         super().__init__()
-        self.encoder, self.ocbe, self.decoder = encoder, ocbe, decoder
+        self.encoder, self.ocbe, self.decoder, self.proj = encoder, ocbe, decoder, proj
 
     def forward(self, x):
         teacher = self.encoder(x)
-        return teacher, self.decoder(self.ocbe(teacher))
+        student_input = teacher if self.proj is None else self.proj(teacher)
+        return teacher, self.decoder(self.ocbe(student_input))
 
 
-def inference_network(encoder, ocbe, decoder):
-    """A copy of the three networks for scoring: the same function, computed faster. Every eval-mode
+def inference_network(encoder, ocbe, decoder, proj=None):
+    """A copy of the networks for scoring: the same function, computed faster. Every eval-mode
     BatchNorm is folded into the convolution before it (one pass over the feature map less per layer) and
     the weights are channels_last, oneDNN's preferred layout; together 6-13% less time per image on a CPU
     (README, Speed; not measured on a GPU). The given modules are left as they are."""
-    network = copy.deepcopy(TeacherStudent(encoder, ocbe, decoder)).eval()
+    network = copy.deepcopy(TeacherStudent(encoder, ocbe, decoder, proj)).eval()
     network = fuse(network, inplace=True)  # a torch.fx graph module, BatchNorms folded
     return network.to(memory_format=torch.channels_last)
 

@@ -62,11 +62,13 @@ def safe_load(path, setting, device="cpu"):
 
 
 def load_checkpoint(path, device="cpu"):
-    """A checkpoint of train.py or the official code ({'bn', 'decoder'} state dicts, maybe 'config'), loaded
+    """A checkpoint of train.py or the official code ({'bn', 'decoder'} state dicts, RD++ also 'proj', maybe 'config'), loaded
     with safe_load: a file that would run code while unpickling is refused instead of executed."""
     checkpoint = safe_load(path, "checkpoint", device)
     if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), dict) for k in ("bn", "decoder")):
         raise ConfigError(f"checkpoint={path}: not a Reverse Distillation checkpoint (expected the state dicts 'bn' and 'decoder')")
+    if not isinstance(checkpoint.get("proj", {}), dict):
+        raise ConfigError(f"checkpoint={path}: its 'proj' is a {type(checkpoint['proj']).__name__}, expected RD++'s projection-layer state dict")
     if not isinstance(checkpoint.get("config", {}), dict):
         raise ConfigError(f"checkpoint={path}: its 'config' is a {type(checkpoint['config']).__name__}, expected the dict train.py saves")
     return checkpoint

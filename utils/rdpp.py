@@ -1,0 +1,124 @@
+"""
+What RD++ (Tien et al., "Revisiting Reverse Distillation for Anomaly Detection", CVPR 2023) adds to RD's training:
+simplex-noise pseudo-anomalies and the projection layer's loss. train.py uses them when method = "rd++".
+
+    pseudo_anomalies = SimplexPatches(image_size=256, seed=42)
+    noisy = pseudo_anomalies(normalize(images), generator)              # (B,3,S,S), ImageNet-normalised
+    loss = cosine_loss(teacher, reconstructed) + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle)[0]
+
+The formulas are the official code's (tientrandinh/Revisiting-Reverse-Distillation); the Sinkhorn divergence is
+geomloss's, the library the official code uses, with its arguments. Each patch of noise in the official code is
+rand_3d_octaves((3, h, w), 6, 0.6) of one simplex generator drawn per dataset, evaluated on the grid
+(c, y, x) = (0..2, 0..h-1, 0..w-1): every patch is the top-left h x w crop of one fixed noise tensor. So the tensor
+is computed once (opensimplex, the package the official noise code is taken from) and cropped on the device.
+"""
+
+import geomloss
+import numpy as np
+import opensimplex
+import torch
+import torch.nn.functional as F
+
+from dataset import IMAGENET_STD
+
+# the official per-category epochs of RD++ on MVTec AD (train.py's official_epochs)
+OFFICIAL_EPOCHS = {"carpet": 10, "leather": 10, "grid": 260, "tile": 260, "wood": 100, "bottle": 200, "cable": 240,
+                   "capsule": 300, "hazelnut": 160, "metal_nut": 160, "pill": 200, "screw": 280, "toothbrush": 280,
+                   "transistor": 300, "zipper": 300}
+MIN_PATCH = 10  # patch heights and widths are uniform in [MIN_PATCH, image_size // 8)
+NOISE_SCALE = 0.2  # in [0, 1] pixel units, added before the ImageNet normalisation
+OCTAVES, PERSISTENCE, FREQUENCY = 6, 0.6, 32.0
+
+
+def noise_field(size, seed):
+    """(3,size,size) float32 fractal simplex noise: 6 octaves, amplitude x0.6 and frequency /2 per octave from
+    frequency 32, the value at (c, y, x) taken at the point (x, y, c) / frequency, as the official generator."""
+    generator = opensimplex.OpenSimplex(seed)
+    grid = np.arange(size, dtype=np.float64)
+    channels = np.arange(3, dtype=np.float64)
+    field, amplitude, frequency = np.zeros((3, size, size)), 1.0, FREQUENCY
+    for _ in range(OCTAVES):
+        field += amplitude * generator.noise3array(grid / frequency, grid / frequency, channels / frequency)  # (3,y,x)
+        frequency /= 2
+        amplitude *= PERSISTENCE
+    return torch.from_numpy(field).float()
+
+
+class SimplexPatches:
+    """Adds one simplex-noise patch to each image: height and width uniform in [10, S/8), top-left corner uniform
+    in [1, S - size) as in the official dataset class, noise x 0.2 in [0, 1] pixel units."""
+
+    def __init__(self, image_size, seed):
+        self.image_size = image_size
+        self.field = NOISE_SCALE * noise_field(image_size // 8 - 1, seed)  # (3,n,n): the largest patch
+
+    def patches(self, batch_size, generator, device):
+        """(B,3,S,S) noise, zero outside each image's patch, in [0, 1] pixel units."""
+        s, n = self.image_size, self.field.shape[-1]
+        h = torch.randint(MIN_PATCH, s // 8, (batch_size,), generator=generator)
+        w = torch.randint(MIN_PATCH, s // 8, (batch_size,), generator=generator)
+        top = 1 + (torch.rand(batch_size, generator=generator) * (s - 1 - h)).long()  # uniform in [1, s - h)
+        left = 1 + (torch.rand(batch_size, generator=generator) * (s - 1 - w)).long()
+        pixels = torch.arange(s)
+        dy = pixels[None] - top[:, None]  # (B,S): row offset inside the patch
+        dx = pixels[None] - left[:, None]  # (B,S)
+        inside = ((dy >= 0) & (dy < h[:, None]))[:, :, None] & ((dx >= 0) & (dx < w[:, None]))[:, None, :]  # (B,S,S)
+        field = self.field.to(device)
+        noise = field[:, dy.clamp(0, n - 1)[:, :, None].to(device), dx.clamp(0, n - 1)[:, None, :].to(device)]  # (3,B,S,S)
+        return noise.transpose(0, 1) * inside[:, None].to(device)  # (B,3,S,S)
+
+    def __call__(self, x, generator):
+        """ImageNet-normalised images x (B,3,S,S) -> the same images with a noise patch each, normalised alike."""
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return x + self.patches(len(x), generator, x.device) / std  # (x01 + noise - mean) / std
+
+
+def step_generator(seed, step):
+    """A CPU generator for one training step's noise and shuffle, from (seed, step) alone: a resumed run draws
+    exactly what an uninterrupted one draws."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+# the official SamplesLoss arguments
+SINKHORN = geomloss.SamplesLoss("sinkhorn", p=2, blur=0.05, reach=None, diameter=10000000, scaling=0.95, truncate=10,
+                                debias=True, backend="auto")
+CONTRAST_MARGIN = 0.5
+
+
+def projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot=True):
+    """RD++'s multi-task loss of the projection layer, summed over the three taps:
+    SSOT: Sinkhorn divergence between the softmaxed, flattened projected normal features of the batch and the same
+          batch in `shuffle` order (compactness of the normal features);
+    reconstruction: mean over positions of 1 - cos along channels between projected noisy and projected normal features;
+    contrast: CosineEmbeddingLoss(margin 0.5, target -1) between the flattened noisy teacher features and the projected
+          normal ones (pushes anomalous signal out of the projection).
+    Returns (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11 and the three terms (float32 scalars).
+
+    A shuffled batch is the same set of points with the same uniform weights as the batch, so the (debiased) Sinkhorn
+    divergence between them is 0 and so is its gradient, up to rounding: ssot=False leaves the term out (0)."""
+    total_ssot = reconstruction = contrast = 0.0
+    for noisy_t, noisy_p, p in zip(noisy_teacher, projected_noisy, projected):
+        flat = p.flatten(1).float()  # (B,C*H*W)
+        if ssot:
+            total_ssot = total_ssot + SINKHORN(torch.softmax(flat, dim=-1), torch.softmax(flat[shuffle], dim=-1))
+        reconstruction = reconstruction + (1 - F.cosine_similarity(noisy_p.float(), p.float(), dim=1)).mean()
+        target = -torch.ones(len(flat), device=flat.device)
+        contrast = contrast + F.cosine_embedding_loss(noisy_t.flatten(1).float(), flat, target, margin=CONTRAST_MARGIN)
+    return (total_ssot + 0.01 * reconstruction + 0.1 * contrast) / 1.11, (total_ssot, reconstruction, contrast)
+
+
+class ProjectedStudent(torch.nn.Module):
+    """RD++'s trainable part as one module (one forward for DDP): teacher taps -> projection -> OCBE -> decoder,
+    plus the projection of the noisy teacher taps that the projection loss needs."""
+
+    def __init__(self, proj, ocbe, decoder):
+        super().__init__()
+        self.proj, self.ocbe, self.decoder = proj, ocbe, decoder
+
+    def forward(self, teacher, noisy_teacher=None):
+        """teacher -> reconstructed taps; (teacher, noisy_teacher) -> (reconstructed, projected, projected noisy)."""
+        projected = self.proj(teacher)  # 3 taps, the teacher's shapes
+        reconstructed = self.decoder(self.ocbe(projected))
+        if noisy_teacher is None:
+            return reconstructed
+        return reconstructed, projected, self.proj(noisy_teacher)
