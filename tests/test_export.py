@@ -150,13 +150,20 @@ def mixed_images(new_images, tmp_path_factory):
     return folder
 
 
-def test_predict_onnx_labels_as_test_py(evaluated_export, mixed_images, tmp_path):
+def test_predict_onnx_labels_as_test_py(evaluated_export, mixed_images, data_root, tmp_path):
+    """Including the test image whose score is the evaluation's threshold: anomalous in test.py, and in
+    predict_onnx.py whichever way the runtime rounds its score."""
     checkpoint, out_dir, models = evaluated_export
-    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={mixed_images}", "--device=cpu")
+    threshold = json.loads((out_dir / CATEGORY / "results.json").read_text())["image_f1_threshold"]
+    at_threshold = next(r["path"] for r in read_csv(out_dir / CATEGORY / "scores.csv") if abs(float(r["score"]) - threshold) < 1e-6)
+    images = tmp_path / "images"
+    shutil.copytree(mixed_images, images)
+    shutil.copy(os.path.join(data_root, CATEGORY, at_threshold), images / "g_at_threshold.png")
+    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={images}", "--device=cpu")
     expected = read_csv(out_dir / CATEGORY / "predict" / "scores.csv")
-    assert len(expected) == 6
+    assert len(expected) == 7 and expected[-1]["label"] == "1"
     for runtime in RUNTIMES:
-        result = predict_onnx(f"--model={models / 'model.onnx'}", f"--images={mixed_images}", f"--out_dir={tmp_path / runtime}",
+        result = predict_onnx(f"--model={models / 'model.onnx'}", f"--images={images}", f"--out_dir={tmp_path / runtime}",
                               f"--runtime={runtime}", "--batch_size=4")
         assert "ignored 1 non-image files" in result.stdout
         rows = read_csv(tmp_path / runtime / "scores.csv")

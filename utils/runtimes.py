@@ -18,6 +18,7 @@ from utils.files import first_line
 
 RUNTIMES = ("onnxruntime", "openvino")
 FORMAT = "reverse_distillation_anomaly_map/1"  # export.py's metadata 'format'
+SCORE_TOLERANCE = 1e-5  # relative: the exported graph's scores equal test.py's within it on either runtime (tests/test_export.py)
 
 
 def import_runtime(runtime):
