@@ -69,12 +69,13 @@ def main():
     heat_range = tuple(map(float, metadata["heatmap_range"].split(","))) if metadata["heatmap_range"] else (float(maps.min()), float(maps.max()))
     # test.py's rule, score >= threshold, with the threshold lowered by the scores' tolerance: the evaluation's
     # threshold is the score of one of its images, which must not turn normal by a rounding of the runtime
-    labels = [int(score >= image_threshold * (1 - SCORE_TOLERANCE)) for score in scores]
+    label_threshold = image_threshold * (1 - SCORE_TOLERANCE)
+    labels = [int(score >= label_threshold) for score in scores]
     folder = out_dir or os.path.join(os.path.dirname(model), "predict_onnx")
     for path, image, amap, score in zip(paths, new_images, maps, scores):
         name = os.path.basename(path)
         name = name if name.lower().endswith(".png") else name + ".png"
-        save_png(os.path.join(folder, name), prediction_strip(image, amap, score, heat_range, image_threshold))
+        save_png(os.path.join(folder, name), prediction_strip(image, amap, score, heat_range, label_threshold))
     write_csv(os.path.join(folder, "scores.csv"), ["path", "score", "label"],
               ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores, labels)))
     source = "--threshold" if threshold is not None else "image_f1_threshold of the model's metadata"

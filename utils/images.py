@@ -45,9 +45,10 @@ def open_image(path):
 
 
 def read_image(path, size):
-    """(3,size,size) uint8 RGB array."""
+    """(3,size,size) uint8 RGB array, C-contiguous: a transposed view would make np.stack keep PIL's
+    channels-last strides, and torch then computes in another memory format, with other roundings."""
     img = open_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
 
 
 def load_all(function, *args):
