@@ -9,55 +9,26 @@ MVTec AD folder layout, loaded once into memory as uint8 tensors (decoded and re
     images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8
     x = normalize(images[:16].to(device))                      # (16,3,256,256) float, ImageNet-normalised
 
-Any category name works. Listings are sorted; grayscale, palette and RGBA images become RGB; images are
-resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images); in a mask any
-non-zero value is anomalous (MVTec's 255, 0/1 masks, label indices), and masks are resized bilinearly and
-binarised at > 0.5. A category without a ground_truth folder is labelled by its test folder names alone (good =
-normal): load_test_set returns no masks. Problems with the data raise a ConfigError naming the file.
+Any category name works. Images are read by utils/images.py (torch-free, shared with scripts/predict_onnx.py):
+listings are sorted; grayscale, palette and RGBA images become RGB; images are resized with PIL's antialiased
+bilinear filter (what torchvision's Resize does on PIL images). In a mask any non-zero value is anomalous (MVTec's
+255, 0/1 masks, label indices), and masks are resized bilinearly and binarised at > 0.5. A category without a
+ground_truth folder is labelled by its test folder names alone (good = normal): load_test_set returns no masks.
+Problems with the data raise a ConfigError naming the file.
 """
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from PIL import Image
 
 from utils.config import ConfigError
-from utils.io import first_line
+from utils.images import IMAGE_EXTENSIONS, list_images, load_all, open_image, read_images
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def list_images(folder):
-    """Sorted paths of the image files of a folder; other files are ignored, and counted in a printed note."""
-    names = sorted(os.listdir(folder))
-    images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
-    n_other = sum(n not in images and os.path.isfile(os.path.join(folder, n)) for n in names)
-    if n_other:
-        print(f"{folder}: ignored {n_other} non-image files")
-    return [os.path.join(folder, n) for n in images]
-
-
-def open_image(path):
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here with its name
-            return img
-    except Image.UnidentifiedImageError:
-        detail = "empty file" if os.path.getsize(path) == 0 else "not in an image format PIL reads"
-        raise ConfigError(f"{path}: unreadable image ({detail})") from None
-    except Exception as e:
-        raise ConfigError(f"{path}: unreadable image ({first_line(e)})") from None
-
-
-def load_image(path, size):
-    """(3,size,size) uint8 RGB tensor."""
-    img = open_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def load_mask(path, size, image_path):
@@ -76,15 +47,9 @@ def load_mask(path, size, image_path):
     return torch.from_numpy(resized > 127.5), other_values  # ToTensor's /255, then > 0.5
 
 
-def load_all(function, *args):
-    """Run function over the argument lists on a few threads (PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(function, *args))
-
-
 def load_images(paths, size):
-    """The images at paths as one (N,3,size,size) uint8 tensor."""
-    return torch.stack(load_all(load_image, paths, [size] * len(paths)))
+    """The images at paths as one (N,3,size,size) uint8 tensor (utils.images.read_images)."""
+    return torch.from_numpy(read_images(paths, size))
 
 
 def category_dir(data_root, category):

@@ -29,9 +29,7 @@ Our checkpoints carry their training config; for an official one ({'bn', 'decode
 --data_root and --category, and --backbone/--image_size/--weights if not wide_resnet50_2/256/imagenet.
 """
 
-import csv
 import functools
-import io
 import json
 import os
 import sys
@@ -43,7 +41,8 @@ from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from utils.anomaly_map import inference_network, predict
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.io import atomic_write_json, atomic_write_text, load_checkpoint, run_dir
+from utils.files import atomic_write_json, write_csv
+from utils.io import load_checkpoint, run_dir
 from utils.metrics import compute_metrics
 from utils.seeding import resolve_device
 from utils.visualize import evaluation_strip, prediction_strip, save_png
@@ -111,14 +110,6 @@ def load_network(ckpt, settings, dev):
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
         raise ConfigError(f"checkpoint={checkpoint}: does not fit backbone={settings['backbone']} ({detail[:200]})") from None
     return inference_network(encoder, ocbe, decoder, proj).to(dev)
-
-
-def write_csv(path, header, rows):
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
 
 
 def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):

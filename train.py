@@ -30,7 +30,8 @@ from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_
 from utils.anomaly_map import cosine_loss, teacher_features
 from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.io import CheckpointWriter, atomic_write_json, ckpt_path, load_checkpoint, run_dir
+from utils.files import atomic_write_json
+from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Speed and memory of Reverse Distillation (RD or RD++) training and inference, on
     $ python scripts/benchmark.py --device=cuda --batch_size=16 --amp=1 --compile=1 --channels_last=1
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --teacher_grad=1   # the official code's step
     $ python scripts/benchmark.py --device=cpu --batch_size=4 --method=rd++      # RD++'s step and inference
+    $ python scripts/benchmark.py --device=cpu --batch_size=4 --runtime=all --train=0   # torch vs exported models
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
 cache_teacher the teacher's features are computed once, outside the step), inference images/s (teacher +
@@ -22,6 +23,12 @@ weights=imagenet, and the seeded OCBE/decoder), decoding and resizing the traini
 MVTec AD's largest), the teacher cache, and the checkpoints: one written in the foreground (time, size) and
 what a background write at train.py's default save_minutes costs the training loop (the steps it runs beside,
 plus the wait), as often as that cadence writes one, plus the final write, which a run waits for.
+
+--runtime=torch,onnxruntime,openvino,openvino_int8 (or all) times the inference of the same network on the same
+images in each runtime: test.py's torch path, and the graph export.py writes (its ImageScorer, exported the same
+way) run by scripts/predict_onnx.py's runtimes, fp32, and int8 quantised by NNCF as `export.py --int8=1` does but
+calibrated on random images (a speed figure only). The runtimes take turns within every step, so that the load of
+a shared machine falls on all of them alike; each prints its time per image and its ratio to torch's.
 """
 
 import argparse
@@ -46,6 +53,8 @@ from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, pr
 from utils.io import CheckpointWriter, copy_to_cpu, save_checkpoint  # noqa: E402
 from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
 
+RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
+
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
 parser.add_argument("--ssot", type=int, default=1, help="rd++: compute the SSOT term, 0 | 1 (default: 1, as train.py)")
@@ -60,9 +69,19 @@ parser.add_argument("--channels_last", type=int, default=0, help="channels_last 
 parser.add_argument("--plain_inference", type=int, default=0, help="infer with the modules as built, not test.py's inference_network, 0 | 1 (default: 0)")
 parser.add_argument("--teacher_grad", type=int, default=0, help="official-code step: teacher kept in autograd, unfused Adam, 0 | 1 (default: 0)")
 parser.add_argument("--cache_teacher", type=int, default=1, help="train.py's cache_teacher: teacher features computed once, 0 | 1 (default: 1)")
+parser.add_argument("--runtime", default="torch", help=f"inference runtimes, a comma list of {', '.join(RUNTIMES)}, or all (default: torch)")
+parser.add_argument("--threads", type=int, default=0, help="CPU threads of every runtime, 0: each runtime's default (default: 0)")
+parser.add_argument("--train", type=int, default=1, help="time training too, 0 | 1 (default: 1)")
 args = parser.parse_args()
+runtimes = RUNTIMES if args.runtime == "all" else tuple(args.runtime.split(","))
+if not set(runtimes) <= set(RUNTIMES):
+    parser.error(f"--runtime={args.runtime}: expected a comma list of {', '.join(RUNTIMES)}, or all")
+if runtimes != ("torch",) and args.device != "cpu":
+    parser.error("--runtime: the exported models are timed on the CPU, with --device=cpu")
 
 dev = torch.device(args.device)
+if args.threads:
+    torch.set_num_threads(args.threads)
 torch.backends.cudnn.benchmark = True
 torch.manual_seed(0)
 encoder, ocbe, decoder = build_model(args.backbone, weights="none")
@@ -93,17 +112,47 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed(function, steps):
-    """Median seconds of one call: robust to the other work of a shared machine, which only ever adds time."""
-    function()  # warm-up: cudnn autotuning, compilation, allocator
-    seconds = []
+def timed_in_turn(functions, steps):
+    """{name: median seconds of one call} of functions called in turn, steps times each: medians are robust to
+    the other work of a shared machine, which only ever adds time, and taking turns spreads it over all."""
+    for function in functions.values():
+        function()  # warm-up: cudnn autotuning, compilation, allocator, the runtimes' first-call setup
+    seconds = {name: [] for name in functions}
     for _ in range(steps):
-        sync()
-        t0 = time.perf_counter()
-        function()
-        sync()
-        seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds)
+        for name, function in functions.items():
+            sync()
+            t0 = time.perf_counter()
+            function()
+            sync()
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(times) for name, times in seconds.items()}
+
+
+def timed(function, steps):
+    return timed_in_turn({"": function}, steps)[""]
+
+
+def exported_models(network, folder):
+    """{runtime: model} of the network exported as export.py does, in folder, run by utils.runtimes."""
+    import onnx
+
+    from export import ImageScorer, export_onnx, quantize_openvino
+    from utils.runtimes import FORMAT, load_exported
+
+    metadata = {"format": FORMAT, "image_size": str(args.image_size), "precision": "fp32"}
+    onnx_path = os.path.join(folder, "model.onnx")
+    onnx.save(export_onnx(ImageScorer(network, args.image_size, "add").eval(), args.image_size, metadata), onnx_path)
+    models = {runtime: load_exported(onnx_path, runtime, args.threads) for runtime in ("onnxruntime", "openvino") if runtime in runtimes}
+    if "openvino_int8" in runtimes:
+        import openvino
+
+        calibration = torch.randint(0, 256, (8, 3, args.image_size, args.image_size), dtype=torch.uint8).numpy()
+        int8_model = quantize_openvino(onnx_path, calibration)
+        for key, value in metadata.items():
+            int8_model.set_rt_info(value, ["framework", key])
+        openvino.save_model(int8_model, os.path.join(folder, "model_int8.xml"), compress_to_fp16=False)
+        models["openvino_int8"] = load_exported(os.path.join(folder, "model_int8.xml"), "openvino", args.threads)
+    return models
 
 
 def teacher_step_features():
@@ -115,11 +164,24 @@ def teacher_step_features():
 
 # inference first, in a process that has not trained (test.py's situation)
 network = TeacherStudent(encoder, ocbe, decoder, proj).eval() if args.plain_inference else inference_network(encoder, ocbe, decoder, proj)
-infer_seconds = timed(lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile)), args.steps)
+inference = {"torch": lambda: predict(network, images, args.batch_size, amp=bool(args.amp), compile=bool(args.compile))}
+with tempfile.TemporaryDirectory() as export_folder:
+    for runtime, exported in (exported_models(network, export_folder) if runtimes != ("torch",) else {}).items():
+        inference[runtime] = lambda exported=exported: exported(images.numpy())
+    infer_seconds = timed_in_turn({runtime: inference[runtime] for runtime in runtimes}, args.steps)
 infer_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
-del network
+del network, inference
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
+
+print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
+      f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} "
+      f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+for runtime, seconds in infer_seconds.items():
+    versus = f", {seconds / infer_seconds['torch']:.2f}x torch's time" if "torch" in infer_seconds else ""
+    print(f"inference {runtime}: {seconds / args.batch_size:.4f} s/image, {args.batch_size / seconds:.1f} images/s (map + blur included{versus})")
+if not args.train:
+    sys.exit(0)
 
 use_cache = bool(args.cache_teacher and not args.teacher_grad)
 # train.py's cache: once per image and run, not per step
@@ -201,12 +263,8 @@ data_seconds = n_images * (decode_seconds + cache_seconds / args.batch_size)
 n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's default cadence, then the last one
 checkpoint_seconds = n_background * background_seconds + write_seconds
 projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
-print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
-      f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} cache_teacher {int(use_cache)} | "
-      f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
       + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else ""))
-print(f"inference: {infer_seconds / args.batch_size:.4f} s/image, {args.batch_size / infer_seconds:.1f} images/s (map + blur included)")
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")
 else:

@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 
 from dataset import IMAGE_EXTENSIONS, list_images, mask_path_for, open_image  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 
 # -----------------------------------------------------------------------------
 format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2

@@ -35,7 +35,8 @@ import test as test_script  # noqa: E402  (importing either script only defines 
 import train as train_script  # noqa: E402
 from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.io import atomic_write_json, atomic_write_text, ckpt_path, run_dir  # noqa: E402
+from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.io import ckpt_path, run_dir  # noqa: E402
 from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
 
 # -----------------------------------------------------------------------------

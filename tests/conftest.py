@@ -1,10 +1,12 @@
 """Shared fixtures: small generated MVTec-layout data and the helpers to run the scripts as a user would."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -38,3 +40,19 @@ def trained(data_root, tmp_path_factory):
     run_script("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
                "--epochs=2", "--batch_size=4", *SMALL)
     return out_dir, os.path.join(out_dir, "stripes", "checkpoint.pth")
+
+
+@pytest.fixture(scope="session")
+def new_images(data_root, tmp_path_factory):
+    """A folder of unlabelled images in mixed formats and modes, plus a file that is not an image."""
+    test_folder = os.path.join(data_root, "stripes", "test")
+    defect = next(d for d in sorted(os.listdir(test_folder)) if d != "good")
+    good, bad = os.path.join(test_folder, "good"), os.path.join(test_folder, defect)
+    folder = tmp_path_factory.mktemp("new_images")
+    shutil.copy(os.path.join(good, "000.png"), folder / "a_copy.png")  # bit-identical to a test image
+    Image.open(os.path.join(bad, "000.png")).convert("RGB").save(folder / "b.jpg", quality=95)
+    Image.open(os.path.join(bad, "001.png")).convert("RGB").save(folder / "c.BMP")
+    Image.open(os.path.join(good, "001.png")).convert("L").save(folder / "d_gray.png")
+    Image.open(os.path.join(good, "002.png")).convert("RGBA").save(folder / "e_rgba.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder

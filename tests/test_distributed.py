@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from conftest import ROOT, SMALL, run_script

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SMALL, make_category, run_script
+from conftest import SMALL, make_category, run_script
 from test_sweep import run_sweep, table_row
 
 SIZE = 64

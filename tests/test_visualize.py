@@ -7,7 +7,6 @@ Pictures and scoring of new images: test.py --save_images=K, test.py --images=DI
 import csv
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -28,22 +27,6 @@ def evaluated(trained, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("evaluated")
     run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", "--save_images=2", "--device=cpu")
     return out_dir / CATEGORY
-
-
-@pytest.fixture(scope="module")
-def new_images(data_root, tmp_path_factory):
-    """A folder of unlabelled images in mixed formats and modes, plus a file that is not an image."""
-    test_folder = os.path.join(data_root, CATEGORY, "test")
-    defect = next(d for d in sorted(os.listdir(test_folder)) if d != "good")
-    good, bad = os.path.join(test_folder, "good"), os.path.join(test_folder, defect)
-    folder = tmp_path_factory.mktemp("new_images")
-    shutil.copy(os.path.join(good, "000.png"), folder / "a_copy.png")  # bit-identical to a test image
-    Image.open(os.path.join(bad, "000.png")).convert("RGB").save(folder / "b.jpg", quality=95)
-    Image.open(os.path.join(bad, "001.png")).convert("RGB").save(folder / "c.BMP")
-    Image.open(os.path.join(good, "001.png")).convert("L").save(folder / "d_gray.png")
-    Image.open(os.path.join(good, "002.png")).convert("RGBA").save(folder / "e_rgba.png")
-    (folder / "notes.txt").write_text("not an image")
-    return folder
 
 
 def read_csv(path):

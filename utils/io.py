@@ -1,25 +1,21 @@
 """
-Files that train.py and test.py share: where a run's checkpoint lives, atomic writes, safe loading.
+Files that train.py and test.py share: where a run's checkpoint lives, its atomic saving, safe loading.
 
-Every output is written to a temporary file in the same folder and renamed over the target, so a crash,
-Ctrl-C or a full disk leaves either the old file or the new one, never half of one. CheckpointWriter does the
-same for training checkpoints in a background thread, so that the training steps go on while it writes.
+Checkpoints are written with utils.files.atomic_write (a crash, Ctrl-C or a full disk leaves the old file or the
+new one, never half of one), by CheckpointWriter in a background thread so that the training steps go on while it
+writes, and loaded with weights_only=True (a file that would run code while unpickling is refused).
 """
 
-import json
 import os
 import pickle
 import re
-import tempfile
 import threading
 import warnings
 
 import torch
 
 from utils.config import ConfigError
-
-UMASK = os.umask(0)
-os.umask(UMASK)
+from utils.files import atomic_write, first_line
 
 
 def run_dir(out_dir, category):
@@ -28,31 +24,6 @@ def run_dir(out_dir, category):
 
 def ckpt_path(out_dir, category):
     return os.path.join(run_dir(out_dir, category), "checkpoint.pth")
-
-
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary binary file beside `path`, then rename it to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_checkpoint(path, checkpoint):
@@ -111,12 +82,6 @@ class CheckpointWriter:
             self.thread.join()
             self.thread = None
         self.check()
-
-
-def first_line(error):
-    """The first line of an exception's message, or its type's name if the message is empty."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def safe_load(path, setting, device="cpu"):

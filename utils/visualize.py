@@ -1,5 +1,6 @@
 """
-Picture strips of anomaly maps, drawn with numpy and PIL only (no matplotlib).
+Picture strips of anomaly maps, drawn with numpy and PIL only (no matplotlib, no torch: scripts/predict_onnx.py
+draws its strips with it where only numpy and PIL are installed).
 
     from utils.visualize import evaluation_strip, prediction_strip, save_png
     strip = evaluation_strip(image, mask, amap, score, heat_range=(lo, hi), threshold=0.41)
@@ -13,9 +14,8 @@ red when it is at or above the threshold (the image is called anomalous), white 
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy.ndimage import binary_erosion
 
-from utils.io import atomic_write
+from utils.files import atomic_write
 
 OUTLINE_COLOR = (255, 0, 0)
 HEATMAP_WEIGHT = 0.5  # share of the heatmap in the blend with the input
@@ -36,6 +36,8 @@ def to_hwc(image):
 
 def draw_outline(image, mask):
     """(S,S,3) uint8 copy of the image with the mask's 1-pixel inner contour (mask minus its erosion) in red."""
+    from scipy.ndimage import binary_erosion  # here, so that drawing prediction strips needs no scipy
+
     mask = np.asarray(mask, dtype=bool)
     out = image.copy()
     out[mask & ~binary_erosion(mask)] = OUTLINE_COLOR

@@ -1,0 +1,299 @@
+"""
+Export a trained checkpoint to one ONNX graph that scores images as test.py does, for onnxruntime or OpenVINO
+on a machine without torch (scripts/predict_onnx.py).
+
+    $ python export.py --checkpoint=runs/bottle/checkpoint.pth              # -> runs/bottle/model.onnx
+    $ python export.py --checkpoint=runs/bottle/checkpoint.pth --int8=1     # + runs/bottle/model_int8.xml/.bin
+    $ python export.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
+    $ python scripts/predict_onnx.py --model=runs/bottle/model.onnx --images=new/
+
+The graph takes `image`, uint8 RGB (N,3,S,S) already resized to the training size S (any N), and does the rest
+inside: /255, ImageNet normalisation, teacher, student (RD or RD++, BatchNorms folded), per tap 1 - cosine
+similarity, bilinear upsampling (align_corners=True), the maps combined by map_mode, the sigma-4 Gaussian blur
+with scipy's 'reflect' boundary. Outputs: `anomaly_map` (N,S,S) float32 and `score` (N,) float32, the map maximum.
+Before writing, the graph is run with onnxruntime on random images and must give test.py's maps.
+
+Its metadata (ONNX metadata_props, strings) says what a deployment needs; see METADATA below. The threshold and
+heatmap range come from results.json of this checkpoint's last evaluation (test.py) at this image size and
+map_mode; without one they are empty and the export says so.
+
+--int8=1 also writes an OpenVINO model quantised to int8 (NNCF post-training quantisation, calibrated on the
+category's training images), scores the test split with it and with the fp32 graph, prints both metrics, and
+stores the int8 model's own F1-max threshold and heatmap range of that test split in its metadata.
+
+Settings are test.py's, for the same reasons: an official checkpoint (no config) needs --data_root and --category,
+and --backbone/--image_size/--weights when not wide_resnet50_2/256/imagenet. Needs requirements-deploy.txt.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import test as evaluation
+from dataset import load_test_set, load_train_images, normalize
+from utils.anomaly_map import anomaly_map, predict
+from utils.config import ConfigError, apply_overrides, run_cli
+from utils.files import atomic_write, first_line
+from utils.io import load_checkpoint, run_dir
+from utils.metrics import compute_metrics
+from utils.runtimes import FORMAT
+
+# -----------------------------------------------------------------------------
+checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
+out = ""  # the ONNX file to write; default: model.onnx beside the checkpoint
+data_root = ""  # default: the checkpoint's training data_root (--int8: its train/ calibrates, its test/ is scored)
+category = ""  # default: the checkpoint's category
+out_dir = ""  # where test.py wrote results.json; default: the checkpoint's out_dir
+weights = ""  # teacher weights, default: the checkpoint's ('imagenet' for official checkpoints)
+backbone = ""  # default: the checkpoint's ('wide_resnet50_2' for official checkpoints)
+image_size = 0  # default: the checkpoint's (256 for official checkpoints); the graph's fixed input size
+map_mode = "add"  # add | mul: how the three per-tap maps are combined, as test.py
+int8 = False  # also write <out without .onnx>_int8.xml/.bin: OpenVINO int8, calibrated on the training images
+calibration_images = 300  # --int8: at most this many training images calibrate the quantisation (NNCF's default)
+debug = False  # show Python tracebacks for user errors
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+
+METADATA = {  # key: meaning; every value is a string
+    "format": f"always {FORMAT}: the graph's inputs, outputs and metadata are the ones described here",
+    "method": "rd | rd++",
+    "backbone": "the teacher, e.g. wide_resnet50_2",
+    "image_size": "S: the input is (N,3,S,S) uint8 RGB, resized to S x S with PIL's bilinear filter",
+    "map_mode": "add | mul: how the three per-tap maps are combined",
+    "precision": "fp32 | int8",
+    "image_f1_threshold": "a score >= it is anomalous (F1-max threshold of the evaluation); empty without one",
+    "heatmap_range": "'lo,hi': the evaluation's anomaly map range, the heatmap colour scale; empty without one",
+    "evaluation": "where threshold and range come from (a results.json), or why there are none",
+    "checkpoint": "the exported checkpoint's path",
+    "version": "the project's version: `git describe --always --dirty` of the exporting checkout",
+}
+PARITY_TOLERANCE = 1e-5  # of the map range: the exported graph against test.py's scoring, checked at export
+
+
+class ImageScorer(torch.nn.Module):
+    """uint8 images (N,3,S,S) -> anomaly maps (N,S,S), scores (N,): test.py's scoring of one batch as one module."""
+
+    def __init__(self, network, image_size, mode):
+        super().__init__()
+        self.network, self.image_size, self.mode = network, image_size, mode
+
+    def forward(self, images):
+        teacher, student = self.network(normalize(images))  # 3 taps each
+        maps = anomaly_map(teacher, student, self.image_size, self.mode)  # (N,S,S)
+        return maps, maps.flatten(1).amax(dim=1)
+
+
+def import_deploy_packages(*names):
+    """The optional packages of requirements-deploy.txt, with a one-line error when one is missing."""
+    try:
+        return [__import__(name) for name in names]
+    except ImportError as e:
+        raise ConfigError(f"{e.name} is not installed: pip install -r requirements-deploy.txt") from None
+
+
+def project_version():
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown (git not found)"
+    return described.stdout.strip() if described.returncode == 0 else "unknown (not a git checkout)"
+
+
+def evaluation_metadata(settings):
+    """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, printing what it found."""
+    path = os.path.join(run_dir(settings["out_dir"], settings["category"]), "results.json")
+    saved = evaluation.load_evaluation(os.path.dirname(path), settings)
+    if saved.get("image_f1_threshold") is None or not saved.get("heatmap_range"):
+        reason = f"{path} does not exist" if not os.path.isfile(path) else (
+            f"{path} holds no image_f1_threshold of checkpoint={checkpoint} at image_size={settings['image_size']}, map_mode={map_mode}")
+        print(f"note: no evaluation: {reason}; the model carries no threshold and no heatmap range "
+              f"(evaluate with python test.py --checkpoint={checkpoint} and export again, or give predict_onnx.py --threshold)")
+        return {"image_f1_threshold": "", "heatmap_range": "", "evaluation": f"none: {reason}"}
+    lo, hi = saved["heatmap_range"]
+    print(f"threshold {saved['image_f1_threshold']:.6f} and heatmap range from {path}")
+    return {"image_f1_threshold": repr(saved["image_f1_threshold"]), "heatmap_range": f"{lo!r},{hi!r}", "evaluation": path}
+
+
+def export_onnx(scorer, image_size, metadata):
+    """The scorer as an ONNX ModelProto with a dynamic batch size and the metadata (a dict of strings)."""
+    import onnx
+
+    example = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)  # 2: a batch size not fixed to 1
+    program = torch.onnx.export(scorer, (example,), input_names=["image"], output_names=["anomaly_map", "score"],
+                                dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+    model = program.model_proto
+    onnx.helper.set_model_props(model, metadata)
+    return model
+
+
+def check_parity(model, network, image_size):
+    """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (utils.anomaly_map.predict)."""
+    import onnxruntime
+
+    images = torch.randint(0, 256, (3, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    maps, scores = predict(network, images, batch_size=len(images), mode=map_mode)  # (3,S,S), (3,)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph_maps, graph_scores = session.run(None, {"image": images.numpy()})
+    map_error = np.abs(graph_maps - maps.numpy()).max() / float(maps.max() - maps.min())
+    score_error = np.abs(graph_scores / scores.numpy() - 1).max()
+    if not (map_error <= PARITY_TOLERANCE and score_error <= PARITY_TOLERANCE):
+        raise RuntimeError(f"the exported graph does not score as test.py: maps differ by {map_error:.2e} of their range, scores by {score_error:.2e}")
+    print(f"checked with onnxruntime: maps within {map_error:.1e} of their range, scores within {score_error:.1e} of test.py's")
+
+
+def write_openvino(model, path):
+    """An OpenVINO model as path (.xml) + its .bin, both written beside and renamed, so no half model is left."""
+    import openvino
+
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp.xml")
+    try:
+        openvino.save_model(model, tmp, compress_to_fp16=False)
+        os.replace(tmp[:-4] + ".bin", path[:-4] + ".bin")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp[:-4] + ".bin"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def openvino_scores(model, images, batch):
+    """Maps (N,S,S) and scores (N,) of uint8 images (N,3,S,S) with an OpenVINO model, compiled in f32
+    (this CPU's default precision hint may be bf16)."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outputs = [compiled(images[i:i + batch]) for i in range(0, len(images), batch)]
+    maps = np.concatenate([o["anomaly_map"] for o in outputs])
+    return torch.from_numpy(maps), torch.from_numpy(np.concatenate([o["score"] for o in outputs]))
+
+
+def anomaly_map_ops(model):
+    """Names of the ops of an OpenVINO model from the per-tap cosine on (its norms, ReduceL2, and everything
+    after them: upsampling, sum, blur, max): the int8 model keeps these in float, so that the maps are not
+    rounded to 256 levels between the taps and the outputs."""
+    frontier = [op for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
+    if not frontier:
+        raise RuntimeError("int8: no ReduceL2 (the cosine's norm) in the exported graph; cannot tell the anomaly map's ops from the networks'")
+    names = set()
+    while frontier:
+        op = frontier.pop()
+        if op.get_friendly_name() not in names:
+            names.add(op.get_friendly_name())
+            frontier += [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
+    return sorted(names)
+
+
+def ancestors(output):
+    """The ops an OpenVINO op output is computed from, itself included."""
+    found, frontier = {}, [output.get_node()]
+    while frontier:
+        op = frontier.pop()
+        if op.get_friendly_name() not in found:
+            found[op.get_friendly_name()] = op
+            frontier += [source.get_source_output().get_node() for source in op.inputs()]
+    return found
+
+
+def teacher_first_stage_convolutions(model):
+    """Names of the convolutions from the image to the teacher's first tap (stem and layer1). Of the two taps
+    of the highest resolution, the teacher's layer1 and the student's last, the teacher's has fewer ancestors."""
+    taps = [op.input(0).get_source_output() for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
+    height = max(tap.get_partial_shape()[2].get_length() for tap in taps)
+    teacher = min((ancestors(tap) for tap in taps if tap.get_partial_shape()[2].get_length() == height), key=len)
+    return sorted(name for name, op in teacher.items() if op.get_type_name() == "Convolution")
+
+
+def quantize_openvino(onnx_path, calibration_images):
+    """The ONNX model at onnx_path as an OpenVINO model quantised to int8 by NNCF post-training quantisation,
+    calibrated on uint8 images (N,3,S,S).
+
+    Measured on the demo data (README, Deployment): activation ranges are the calibration images' extremes
+    (NNCF's MINMAX), not their means, because anomalous images reach beyond the normal images' typical range
+    and clipping them there erases the anomaly; the anomaly map's ops (from the cosine on) and the teacher's
+    first stage stay float, the parts whose rounding moved the metrics most, at a few % of the arithmetic."""
+    nncf, openvino = import_deploy_packages("nncf", "openvino")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    nncf.set_log_level(logging.WARNING)  # not a line per op it leaves alone
+    fp32_model = openvino.Core().read_model(onnx_path)
+    calibration = nncf.Dataset([image[None] for image in calibration_images])  # batches of 1
+    float_ops = anomaly_map_ops(fp32_model) + teacher_first_stage_convolutions(fp32_model)
+    return nncf.quantize(fp32_model, calibration, subset_size=len(calibration_images),
+                         ignored_scope=nncf.IgnoredScope(names=float_ops, validate=False),
+                         advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+
+
+def quantize_int8(onnx_path, settings, metadata):
+    """The ONNX model quantised to int8, calibrated on the category's training images; scores the test split
+    with it and the fp32 model, prints both metrics and returns the int8 OpenVINO model with its metadata."""
+    (openvino,) = import_deploy_packages("openvino")
+    size = settings["image_size"]
+    train_images = load_train_images(settings["data_root"], settings["category"], size).numpy()[:calibration_images]  # (N,3,S,S) uint8
+    print(f"int8: calibrating on {len(train_images)} training images of {settings['category']}")
+    int8_model = quantize_openvino(onnx_path, train_images)
+    fp32_model = openvino.Core().read_model(onnx_path)
+    int8_metadata = {**metadata, "precision": "int8"}
+    test_images, masks, labels, _ = load_test_set(settings["data_root"], settings["category"], size)
+    results = {}
+    for name, model in (("fp32", fp32_model), ("int8", int8_model)):
+        maps, scores = openvino_scores(model, test_images.numpy(), batch=8)
+        results[name] = compute_metrics(scores, labels, maps, masks)
+        results[name]["heatmap_range"] = (float(maps.min()), float(maps.max()))
+    shown = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
+    for name in ("fp32", "int8"):
+        print(f"{name} on {settings['category']}'s test split ({len(labels)} images): "
+              + " | ".join(f"{k} {results[name][k]:.4f}" if results[name][k] is not None else f"{k} n/a" for k in shown))
+    int8_results = results["int8"]
+    if int8_results["image_f1_threshold"] is not None:
+        lo, hi = int8_results["heatmap_range"]
+        int8_metadata.update(image_f1_threshold=repr(int8_results["image_f1_threshold"]), heatmap_range=f"{lo!r},{hi!r}",
+                             evaluation=f"export.py --int8=1 on {os.path.join(settings['data_root'], settings['category'], 'test')}")
+    for key, value in int8_metadata.items():
+        int8_model.set_rt_info(value, ["framework", key])  # where OpenVINO keeps an ONNX model's metadata_props
+    return int8_model
+
+
+def main():
+    apply_overrides(globals(), sys.argv[1:], config_keys)
+    if not checkpoint:
+        raise ConfigError("--checkpoint is required, e.g. --checkpoint=runs/bottle/checkpoint.pth")
+    if map_mode not in ("add", "mul"):
+        raise ConfigError(f"--map_mode={map_mode}: must be add or mul")
+    if calibration_images < 1:
+        raise ConfigError(f"--calibration_images={calibration_images}: must be at least 1")
+    onnx_path = out or os.path.join(os.path.dirname(checkpoint), "model.onnx")
+    if not onnx_path.endswith(".onnx"):
+        raise ConfigError(f"--out={onnx_path}: must end with .onnx")
+    import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if int8 else ()))
+    for name in ("checkpoint", "data_root", "category", "out_dir", "weights", "backbone", "image_size", "map_mode"):
+        setattr(evaluation, name, globals()[name])  # test.py's settings are its module's globals
+    ckpt = load_checkpoint(checkpoint)
+    settings = evaluation.resolve_settings(ckpt)
+    network = evaluation.load_network(ckpt, settings, torch.device("cpu"))
+    metadata = {
+        "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
+        "image_size": str(settings["image_size"]), "map_mode": map_mode, "precision": "fp32",
+        **evaluation_metadata(settings), "checkpoint": checkpoint, "version": project_version(),
+    }
+    scorer = ImageScorer(network, settings["image_size"], map_mode).eval()
+    try:
+        model = export_onnx(scorer, settings["image_size"], metadata)
+    except Exception as e:
+        raise RuntimeError(f"torch.onnx.export failed: {first_line(e)}") from e
+    check_parity(model, network, settings["image_size"])
+    atomic_write(onnx_path, lambda f: f.write(model.SerializeToString()))
+    print(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 2**20:.1f} MiB; input image uint8 (N,3,{settings['image_size']},{settings['image_size']}))")
+    if int8:
+        int8_path = onnx_path[:-len(".onnx")] + "_int8.xml"
+        write_openvino(quantize_int8(onnx_path, settings, metadata), int8_path)
+        print(f"wrote {int8_path} and .bin ({os.path.getsize(int8_path[:-4] + '.bin') / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    run_cli(main, lambda: debug)

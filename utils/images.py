@@ -1,0 +1,62 @@
+"""
+Reading images the one way the project reads them, with numpy and PIL only (no torch): dataset.py builds its
+tensors on it, and scripts/predict_onnx.py reads a folder with it where torch is not installed.
+
+    from utils.images import list_images, read_images
+    images = read_images(list_images("new/"), 256)  # (N,3,256,256) uint8 numpy array, RGB
+
+Listings are sorted and keep the files with an image extension; grayscale, palette and RGBA images become RGB;
+images are resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images).
+An unreadable file raises a ConfigError naming it.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image
+
+from utils.config import ConfigError
+from utils.files import first_line
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder):
+    """Sorted paths of the image files of a folder; other files are ignored, and counted in a printed note."""
+    names = sorted(os.listdir(folder))
+    images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+    n_other = sum(n not in images and os.path.isfile(os.path.join(folder, n)) for n in names)
+    if n_other:
+        print(f"{folder}: ignored {n_other} non-image files")
+    return [os.path.join(folder, n) for n in images]
+
+
+def open_image(path):
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here with its name
+            return img
+    except Image.UnidentifiedImageError:
+        detail = "empty file" if os.path.getsize(path) == 0 else "not in an image format PIL reads"
+        raise ConfigError(f"{path}: unreadable image ({detail})") from None
+    except Exception as e:
+        raise ConfigError(f"{path}: unreadable image ({first_line(e)})") from None
+
+
+def read_image(path, size):
+    """(3,size,size) uint8 RGB array, C-contiguous: a transposed view would make np.stack keep PIL's
+    channels-last strides, and torch then computes in another memory format, with other roundings."""
+    img = open_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
+
+
+def load_all(function, *args):
+    """Run function over the argument lists on a few threads (PIL releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(function, *args))
+
+
+def read_images(paths, size):
+    """The images at paths as one (N,3,size,size) uint8 array."""
+    return np.stack(load_all(read_image, paths, [size] * len(paths)))
