@@ -199,13 +199,14 @@ def ancestors(output):
     return found
 
 
-def teacher_first_stage_convolutions(model):
-    """Names of the convolutions from the image to the teacher's first tap (stem and layer1). Of the two taps
-    of the highest resolution, the teacher's layer1 and the student's last, the teacher's has fewer ancestors."""
+def teacher_first_stage_ops(model):
+    """Names of every op from the image to the teacher's first tap (normalisation, stem and layer1), the
+    convolutions and their residual additions alike: NNCF also quantises an addition's inputs, so leaving only
+    the convolutions float still rounds the first tap at each of layer1's residual sums. Of the two taps of the
+    highest resolution, the teacher's layer1 and the student's last, the teacher's has fewer ancestors."""
     taps = [op.input(0).get_source_output() for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
     height = max(tap.get_partial_shape()[2].get_length() for tap in taps)
-    teacher = min((ancestors(tap) for tap in taps if tap.get_partial_shape()[2].get_length() == height), key=len)
-    return sorted(name for name, op in teacher.items() if op.get_type_name() == "Convolution")
+    return sorted(min((ancestors(tap) for tap in taps if tap.get_partial_shape()[2].get_length() == height), key=len))
 
 
 def quantize_openvino(onnx_path, calibration_images):
@@ -223,7 +224,7 @@ def quantize_openvino(onnx_path, calibration_images):
     nncf.set_log_level(logging.WARNING)  # not a line per op it leaves alone
     fp32_model = openvino.Core().read_model(onnx_path)
     calibration = nncf.Dataset([image[None] for image in calibration_images])  # batches of 1
-    float_ops = anomaly_map_ops(fp32_model) + teacher_first_stage_convolutions(fp32_model)
+    float_ops = anomaly_map_ops(fp32_model) + teacher_first_stage_ops(fp32_model)
     return nncf.quantize(fp32_model, calibration, subset_size=len(calibration_images),
                          ignored_scope=nncf.IgnoredScope(names=float_ops, validate=False),
                          advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))

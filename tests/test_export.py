@@ -140,6 +140,23 @@ def test_metadata_carries_the_evaluation(evaluated_export):
     assert int8["precision"] == "int8" and int8["evaluation"].startswith("export.py --int8=1 on ")
 
 
+def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(evaluated_export):
+    """No rounding to int8 between the image and the teacher's first tap (its residual additions included),
+    nor from the cosine on: the ops that moved the demo's metrics most when quantised (README, Deployment)."""
+    import openvino
+
+    from export import ancestors, anomaly_map_ops, teacher_first_stage_ops
+
+    int8 = openvino.Core().read_model(str(evaluated_export[2] / "model_int8.xml"))
+    fake_quantize = {op.get_friendly_name() for op in int8.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
+    assert fake_quantize, "nothing was quantised"
+    assert not fake_quantize & set(teacher_first_stage_ops(int8))
+    assert not fake_quantize & set(anomaly_map_ops(int8))
+    taps = [op.input(0).get_source_output() for op in int8.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
+    assert all(fake_quantize & set(ancestors(tap)) for tap in taps if len(ancestors(tap)) > len(teacher_first_stage_ops(int8))), \
+        "the deeper taps should be computed in int8"
+
+
 @pytest.fixture(scope="module")
 def mixed_images(new_images, tmp_path_factory):
     """new_images plus one image of another size than the model's, which is resized like any other."""
