@@ -199,12 +199,17 @@ def ancestors(output):
     return found
 
 
+def cosine_inputs(model):
+    """The outputs the per-tap cosines read, teacher's and student's (the inputs of the norms, ReduceL2)."""
+    return [op.input(0).get_source_output() for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
+
+
 def teacher_first_stage_ops(model):
     """Names of every op from the image to the teacher's first tap (normalisation, stem and layer1), the
     convolutions and their residual additions alike: NNCF also quantises an addition's inputs, so leaving only
     the convolutions float still rounds the first tap at each of layer1's residual sums. Of the two taps of the
     highest resolution, the teacher's layer1 and the student's last, the teacher's has fewer ancestors."""
-    taps = [op.input(0).get_source_output() for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
+    taps = cosine_inputs(model)
     height = max(tap.get_partial_shape()[2].get_length() for tap in taps)
     return sorted(min((ancestors(tap) for tap in taps if tap.get_partial_shape()[2].get_length() == height), key=len))
 

@@ -145,16 +145,16 @@ def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(evaluated_expo
     nor from the cosine on: the ops that moved the demo's metrics most when quantised (README, Deployment)."""
     import openvino
 
-    from export import ancestors, anomaly_map_ops, teacher_first_stage_ops
+    from export import ancestors, anomaly_map_ops, cosine_inputs, teacher_first_stage_ops
 
     int8 = openvino.Core().read_model(str(evaluated_export[2] / "model_int8.xml"))
     fake_quantize = {op.get_friendly_name() for op in int8.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
     assert fake_quantize, "nothing was quantised"
-    assert not fake_quantize & set(teacher_first_stage_ops(int8))
+    first_stage = set(teacher_first_stage_ops(int8))
+    assert not fake_quantize & first_stage
     assert not fake_quantize & set(anomaly_map_ops(int8))
-    taps = [op.input(0).get_source_output() for op in int8.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
-    assert all(fake_quantize & set(ancestors(tap)) for tap in taps if len(ancestors(tap)) > len(teacher_first_stage_ops(int8))), \
-        "the deeper taps should be computed in int8"
+    deeper_taps = [set(found) for found in map(ancestors, cosine_inputs(int8)) if len(found) > len(first_stage)]
+    assert deeper_taps and all(fake_quantize & found for found in deeper_taps), "the deeper taps should be computed in int8"
 
 
 @pytest.fixture(scope="module")
