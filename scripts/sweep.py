@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
 import train as train_script  # noqa: E402
-from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
+from known_datasets import DATASETS, dataset_for  # noqa: E402  (scripts/, this script's folder)
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.io import ckpt_path, run_dir  # noqa: E402
@@ -72,7 +72,7 @@ MEAN_ONLY = {  # (label, {metric: 15-category mean})
     "rdpp": ("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score", {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499}),
 }
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
-          ("AUPRO", "pixel_aupro")]
+          ("AUPRO", "pixel_aupro"), ("mIoU-max (ADer)", "pixel_iou_max"), ("mAD (ADer)", "mad")]
 
 
 def as_json(value):
@@ -152,6 +152,11 @@ def our_row(label, key, columns, states):
     return [label, average_cell(values, len(columns)), *cells]
 
 
+def mvtec_columns(columns):
+    """The columns that are MVTec AD categories, where the columns are MVTec AD's (Real-IAD has a zipper too)."""
+    return [c for c in columns if c in MVTEC] if dataset_for(columns) is DATASETS["mvtec_ad"] else []
+
+
 def metric_rows(key, columns, states, backbone, method):
     """Our row for one metric, then the reference rows (MVTec categories only)."""
     rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
@@ -161,14 +166,14 @@ def metric_rows(key, columns, states, backbone, method):
     for label, means in known.references if known else ():
         if key in means:
             rows.append([label, f"{means[key]:.3f}", *([""] * len(columns))])
-    mvtec_columns = [c for c in columns if c in MVTEC]
-    if not mvtec_columns:
+    mvtec = mvtec_columns(columns)
+    if not mvtec:
         return rows
     if key in ANOMALIB:
         reference = dict(zip(MVTEC, ANOMALIB[key]))
         # averaged over the categories our Avg counts, so the two Avg cells compare like with like
-        counted = [c for c in mvtec_columns if states[c][0] == "done" and states[c][1].get(key) is not None]
-        averaged = counted or mvtec_columns
+        counted = [c for c in mvtec if states[c][0] == "done" and states[c][1].get(key) is not None]
+        averaged = counted or mvtec
         mean = sum(reference[c] for c in averaged) / len(averaged)
         rows.append([ANOMALIB_LABEL, f"{mean:.3f}", *(f"{reference[c]:.3f}" if c in MVTEC else "" for c in columns)])
     for label, means in MEAN_ONLY.values():
@@ -202,15 +207,20 @@ def build_table(out_dir, data_root, requested_categories, train_config):
              f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
     for name, key in TABLES:
         lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"])), ""]
-        if key == "pixel_auroc" and any(c in MVTEC for c in columns):
+        if key == "pixel_auroc" and mvtec_columns(columns):
             lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
                       "average 0.9735; its Avg here is the mean of the values in its row.", ""]
-    if any(c in MVTEC for c in columns):
+    mvtec = bool(mvtec_columns(columns))
+    if mvtec:
         lines += ["Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
                   "RD++ report only 15-category means. Our rows come from test.py's results.json.", ""]
-    elif known:
-        lines += [f"Reference rows: {known.source}." if known.references else
-                  f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+    if known and known.references:
+        lines += [f"{'ADer rows' if mvtec else 'Reference rows'}: {known.source}.", ""]
+    elif known and not mvtec:
+        lines += [f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+    lines += ["mIoU-max and mAD are the ADer benchmark's: IoU-max over 21 thresholds of the maps min-max normalised over "
+              "the category, and the mean of image AUROC, AP, F1-max, pixel AUROC, AP, F1-max (those 21 thresholds) and "
+              "AUPRO.", ""]
     if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
         lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
 

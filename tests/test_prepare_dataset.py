@@ -253,7 +253,9 @@ def test_sweep_runs_converted_visa_without_categories(visa, tmp_path):
     for table in ("Image-Level AUC", "Pixel-Level AUC", "AUPRO"):
         cells = table_row(results_md, table, "ours, RD (resnet18)")
         assert all(c not in ("-", "n/a", "failed") for c in cells)
-    assert "No reference rows: no published RD or RD++ numbers for VisA were found to cite." in results_md
+    assert "Reference rows: ADer benchmark, configs/benchmark/README.md of github zhangzjn/ADer at commit 902937a" in results_md
+    assert table_row(results_md, "mIoU-max (ADer)", "RD, ADer benchmark: one model for all 12 categories, 100 epochs") == ["0.279", "", ""]
+    assert all(c not in ("-", "n/a", "failed") for c in table_row(results_md, "mAD (ADer)", "ours, RD (resnet18)"))
     assert "anomalib" not in results_md  # MVTec AD's reference rows belong to MVTec AD
 
 
@@ -438,3 +440,25 @@ def test_real_iad_refusals(tmp_path):
         json.dump({"train": [], "test": []}, f)
     broken = prepare("real_iad", src, str(tmp_path / "out"), check=False)
     assert broken.returncode == 2 and f"{split_file}: expected a Real-IAD split file" in broken.stderr
+
+
+def test_real_iad_table_has_ader_rows_and_the_authors_order(tmp_path):
+    """Real-IAD's objects in its authors' order, and ADer's published unified-setting rows with their source."""
+    import sweep
+    import train
+
+    config = {k: getattr(train, k) for k in train.config_keys}
+    for category, iou in (("zipper", 0.25), ("audiojack", 0.15), ("pcb", 0.2)):
+        (tmp_path / category).mkdir()
+        results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7, "pixel_iou_max": iou,
+                   "mad": 0.6, "train_config": dict(config, category=category, betas=list(config["betas"]))}
+        (tmp_path / category / "results.json").write_text(json.dumps(results))
+    text = sweep.build_table(str(tmp_path), "data/realiad", ["zipper", "audiojack", "pcb"], config)
+    assert text.startswith("# Reverse Distillation on data/realiad (Real-IAD)")
+    assert table_row(text, "mIoU-max (ADer)", "") == ["Avg", "Audiojack", "Pcb", "Zipper"]
+    assert table_row(text, "mIoU-max (ADer)", "ours, RD (wide_resnet50_2)") == ["0.200", "0.150", "0.200", "0.250"]
+    assert table_row(text, "mIoU-max (ADer)", "RD, ADer benchmark: one model for all 30 categories, 100 epochs") == ["0.200", "", "", ""]
+    assert table_row(text, "mAD (ADer)", "RD++, ADer benchmark: one model for all 30 categories, 100 epochs")[0] == "0.696"
+    assert table_row(text, "AUPRO", "RD, ADer benchmark: one model for all 30 categories, 100 epochs")[0] == "0.900"
+    assert "Reference rows: ADer benchmark, configs/benchmark/README.md of github zhangzjn/ADer at commit 902937a" in text
+    assert "anomalib" not in text and "SPEC" not in text  # Real-IAD's zipper is not MVTec AD's
