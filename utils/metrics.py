@@ -24,8 +24,9 @@ pixel_iou_max are 0.0 there, as here.
 
 AUROC and AP follow sklearn's roc_auc_score / average_precision_score exactly (ties
 included); F1-max is the best F1 over all thresholds, predicting positive when
-score >= threshold. All pixel metrics share one sort of the pixel scores and are read
-off it with binary searches and cumulative sums: no Python loop over thresholds or pixels.
+score >= threshold. The exact pixel metrics share one sort of the pixel scores and are read
+off it with binary searches and cumulative sums; ADer's two count the pixels between its 21
+thresholds in one chunked pass: no Python loop over thresholds or pixels.
 
 Usage:
     from utils.metrics import compute_metrics
