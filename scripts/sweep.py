@@ -158,7 +158,7 @@ def mvtec_columns(columns):
 
 
 def metric_rows(key, columns, states, backbone, method):
-    """Our row for one metric, then the reference rows (MVTec categories only)."""
+    """Our row for one metric, then the known dataset's reference rows (and for MVTec AD anomalib's per category)."""
     rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
     if key == "pixel_aupro" and any(states[c][0] == "done" and states[c][1].get("pixel_pro_paper") is not None for c in columns):
         rows.append(our_row("ours, the official script's per-image PRO (compare with the paper's PRO)", "pixel_pro_paper", columns, states))
