@@ -14,6 +14,7 @@ lines in the loop are marked "RD++". The model after the last epoch is saved to 
 evaluate it with test.py. No test data is looked at here.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -52,11 +53,12 @@ amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss an
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
 out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
-save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every step
+save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
 weight_proj = 0.2  # weight of the projection loss (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11
-step_every = 2  # optimizer step after every 2nd batch of an epoch, from that batch's gradient alone (the official code zeroes gradients before each backward), the other batches only move BatchNorm statistics
+step_every = 2  # optimizer step after every 2nd batch of an epoch (the official accumulation_steps)
+accumulate = True  # each step from the summed gradients of its step_every batches, as the official code since its 2023-12-07 fix; False: the official loop before that fix, and ADer's RD++: each step from its own batch's gradient alone, the batches in between only move BatchNorm statistics
 ssot = True  # compute the SSOT term; it compares the batch with a permutation of itself, so it is 0 with zero gradient up to rounding: False skips its cost
 official_epochs = False  # each MVTec AD category's epochs of the official code (10 for carpet and leather ... 300) instead of epochs
 resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
@@ -66,7 +68,8 @@ debug = False  # show Python tracebacks for user errors
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
 # a resumed run must have been trained with the same values of these
 resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
-rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "ssot"]  # and these for RD++
+rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "accumulate", "ssot"]  # and these for RD++
+legacy_values = {"accumulate": False}  # what checkpoints written before a resume key existed were trained with
 
 
 def check_config():
@@ -127,8 +130,9 @@ def main():
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
         for k in resume_keys + (rdpp_resume_keys if rdpp else []):
-            if checkpoint.get("config", {}).get(k) != config[k]:
-                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
+            trained_with = checkpoint.get("config", {}).get(k, legacy_values.get(k))
+            if trained_with != config[k]:
+                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={trained_with!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
             raise ConfigError(f"--method={method}: {path} is {'an RD++' if 'proj' in checkpoint else 'an RD'} checkpoint; resume with its method or use another out_dir")
         if checkpoint["step"] > epochs * steps_per_epoch:
@@ -170,7 +174,7 @@ def main():
             writer.write(path, {**{name: module.state_dict() for name, module in trained.items()}, "optimizer": optimizer.state_dict(),
                                 "epoch": step // steps_per_epoch, "step": step, "config": config})
 
-    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
+    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next optimizer step with a checkpoint saved.
     stop_signal = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _: stop_signal.append(s))
@@ -196,27 +200,33 @@ def main():
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
-        t0, total, n_updates = time.time(), 0.0, 0
+        t0, total, n_losses = time.time(), 0.0, 0  # the epoch's loss: the mean of its batches that ran a backward
         for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
             batch = order[i * batch_size:(i + 1) * batch_size]
             shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
-            # RD++: an optimizer step on every step_every-th batch of the epoch; the batches in between only
-            # move the BatchNorm statistics (the official code computes their gradient, then zeroes it unused)
+            # RD++: an optimizer step on every step_every-th batch of the epoch, as the official loop. accumulate (the
+            # official loop since 94a8df5): each batch adds its gradient and only a step zeroes them, so an epoch's
+            # odd last batch joins the next epoch's first step. Otherwise (before 94a8df5, zero_grad before every
+            # backward) the batches in between only move the BatchNorm statistics.
             update = not rdpp or (i + 1) % step_every == 0
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(update):
+            backward = update or accumulate
+            pending = backward and not update  # a gradient waiting for a later step
+            # DDP: a gradient waiting for its step stays in this process; the step's batch all-reduces the sum
+            no_sync = student.no_sync() if world_size > 1 and pending else contextlib.nullcontext()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward), no_sync:
                 if teacher_cache is None:
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
-                if rdpp and update:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
-                    generator = step_generator(seed, step)  # this step's noise and shuffle, whatever the process
+                if rdpp and backward:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
+                    generator = step_generator(seed, step)  # this batch's noise and shuffle, whatever the process
                     noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
                     noisy_teacher = encoder(noisy)  # 3 taps
                     reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
                 else:
                     reconstructed = student(teacher)  # 3 taps
-            if update:
+            if backward:
                 # a last batch smaller than the number of processes leaves some an empty shard: they still join
                 # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
                 loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
@@ -230,12 +240,14 @@ def main():
                 if not torch.isfinite(loss):
                     writer.wait()  # a checkpoint being written is the last good one: it must be complete
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                total, n_updates = total + loss.item(), n_updates + 1
+                if update:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                total, n_losses = total + loss.item(), n_losses + 1
             step += 1
             writer.check()  # a background write that failed (a full disk) stops the run here
-            if time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
+            # checkpoints and signals wait for the step of a pending gradient, which a checkpoint does not hold
+            if not pending and time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
                 save()
                 saved_at = time.monotonic()
             if world_size > 1:  # every process must stop at the same step
@@ -243,13 +255,13 @@ def main():
                 dist.all_reduce(stop)
                 if stop.item() and not stop_signal:
                     stop_signal.append(signal.SIGTERM)
-            if stop_signal:
+            if stop_signal and not pending:
                 save()
                 writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
-    save()
+        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_losses, 1):.4f} | {time.time() - t0:.1f}s")
+    save()  # accumulate: the gradient of an odd last batch is dropped, as at the end of the official loop
     writer.wait()
     log(f"saved {path}")
     if world_size > 1:

@@ -14,8 +14,10 @@ and channels_last; --plain_inference=1 runs the modules as built instead), peak 
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
 --method=rd++ times RD++'s step as train.py takes it on a stepped batch (noisy teacher pass, projection of both
-batches, the projection loss) and its inference (the projection layer in the student path). Times are medians
-over --steps calls.
+batches, the projection loss), the mean time of a batch of its loop, which steps on every 2nd batch (train.py's
+default accumulate=1: the batch before a step runs the same forward and backward, without the Adam step;
+--accumulate=0, the official loop before its 2023-12-07 fix: that batch only runs the student forward), and its
+inference (the projection layer in the student path). Times are medians over --steps calls.
 
 Beside the step it measures the fixed costs of a train.py process and adds them to the projection: start-up
 (python + imports, timed in a fresh process; building the networks: a teacher loaded from a file, as with
@@ -58,6 +60,7 @@ RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
 parser.add_argument("--ssot", type=int, default=1, help="rd++: compute the SSOT term, 0 | 1 (default: 1, as train.py)")
+parser.add_argument("--accumulate", type=int, default=1, help="rd++: the batch before a step runs its backward too, 0 | 1 (default: 1, as train.py)")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
 parser.add_argument("--backbone", default="wide_resnet50_2", help="default: wide_resnet50_2")
 parser.add_argument("--image_size", type=int, default=256, help="default: 256")
@@ -176,7 +179,7 @@ if dev.type == "cuda":
 
 print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
       f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} "
-      f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+      f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)}{f' accumulate {args.accumulate}' if rdpp else ''} | torch {torch.__version__}, {torch.get_num_threads()} threads")
 for runtime, seconds in infer_seconds.items():
     versus = f", {seconds / infer_seconds['torch']:.2f}x torch's time" if "torch" in infer_seconds else ""
     print(f"inference {runtime}: {seconds / args.batch_size:.4f} s/image, {args.batch_size / seconds:.1f} images/s (map + blur included{versus})")
@@ -189,7 +192,8 @@ cache_seconds = timed(lambda: teacher_features(encoder, images, args.batch_size,
 teacher_cache = teacher_features(encoder, images, args.batch_size, bool(args.amp)) if use_cache else None
 
 
-def train_step():
+def train_step(update=True):
+    """One batch of train.py's loop: forward, loss, backward, and (update) the Adam step."""
     teacher = teacher_cache if use_cache else teacher_step_features()
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
         if rdpp:  # train.py's RD++ step: the noisy teacher pass, both batches through the projection
@@ -204,12 +208,13 @@ def train_step():
         shuffle = torch.randperm(args.batch_size, generator=generator)
         loss = loss + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, bool(args.ssot))[0]
     loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if update:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def statistics_pass():
-    """RD++ with step_every=2: a batch between two steps only runs the student forward for BatchNorm statistics."""
+    """RD++ with accumulate=0: a batch between two steps only runs the student forward for BatchNorm statistics."""
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
         train_student(teacher_cache if use_cache else teacher_step_features())
 
@@ -217,7 +222,12 @@ def statistics_pass():
 student.train()
 step_seconds = timed(train_step, args.steps)
 # one optimizer step per 2 batches for RD++: the mean time of a batch
-batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2 if rdpp else step_seconds
+if rdpp and args.accumulate:
+    batch_seconds = timed(lambda: (train_step(update=False), train_step()), args.steps) / 2
+elif rdpp:
+    batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2
+else:
+    batch_seconds = step_seconds
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
 # The fixed costs of a train.py process, each timed once after a warm-up call (they happen once per run).
@@ -264,7 +274,8 @@ n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's def
 checkpoint_seconds = n_background * background_seconds + write_seconds
 projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
-      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else ""))
+      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, "
+         + ("the batch before it runs its backward too)" if args.accumulate else "the others only move BatchNorm statistics)") if rdpp else ""))
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")
 else:

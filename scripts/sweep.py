@@ -98,7 +98,8 @@ def requested_config(train_config, category):
 
 def differences(trained, requested):
     """'name=trained (requested value)' for each requested setting a run was not made with."""
-    trained = {"method": "rd", **(trained or {})}  # runs from before RD++ was added are RD's
+    # runs from before RD++ was added are RD's; those from before a train.py setting existed had its legacy value
+    trained = {"method": "rd", **train_script.legacy_values, **(trained or {})}
     return [f"{k}={trained.get(k)!r} (requested {v!r})" for k, v in requested.items() if as_json(trained.get(k)) != v]
 
 

@@ -34,6 +34,14 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rdpp_root(tmp_path_factory):
+    """Generated data at 96x96, the smallest size with room for RD++'s noise patches."""
+    root = tmp_path_factory.mktemp("rdpp_data")
+    make_category(str(root), "stripes", size=96, n_train=8, n_test_good=2, n_test_defect=1, seed=3)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
 def trained(data_root, tmp_path_factory):
     """A checkpoint written by train.py on the generated data: (out_dir, checkpoint path)."""
     out_dir = str(tmp_path_factory.mktemp("runs"))
