@@ -25,13 +25,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from checkpoints import CheckpointWriter, ckpt_path, load_checkpoint, resume_keys, run_dir
 from dataset import load_train_images, normalize
+from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from utils.rdpp import MIN_PATCH, ProjectedStudent, SimplexPatches, projection_loss, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json
-from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
@@ -64,31 +65,30 @@ overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
-# a resumed run must have been trained with the same values of these
-resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
-rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "ssot"]  # and these for RD++
 
 
-def check_config():
-    """Impossible settings fail here, before any data is loaded."""
+def check_config(config):
+    """Impossible settings (a dict of the settings above) fail here, before any data is loaded; scripts/sweep.py
+    checks its runs' settings with it before starting any."""
+    c = config
     checks = [
-        (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
-        (batch_size >= 1, "batch_size", "at least 1"),
-        (epochs >= 1, "epochs", "at least 1"),
-        (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
-        (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
-        (math.isfinite(save_minutes) and save_minutes >= 0, "save_minutes", "a number of minutes, 0 or more"),
-        (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
-        (not (resume and overwrite), "resume", "left off when overwrite=True"),
-        (method in METHODS, "method", " or ".join(METHODS)),
-        (method != "rd++" or image_size // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
-        (math.isfinite(proj_lr) and proj_lr > 0, "proj_lr", "a positive finite number"),
-        (step_every >= 1, "step_every", "at least 1"),
-        (not official_epochs or category in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
+        (c["batch_size"] >= 1, "batch_size", "at least 1"),
+        (c["epochs"] >= 1, "epochs", "at least 1"),
+        (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
+        (all(0 <= b < 1 for b in c["betas"]), "betas", "two numbers in [0, 1)"),
+        (math.isfinite(c["save_minutes"]) and c["save_minutes"] >= 0, "save_minutes", "a number of minutes, 0 or more"),
+        (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
+        (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
+        (c["method"] in METHODS, "method", " or ".join(METHODS)),
+        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
+        (c["step_every"] >= 1, "step_every", "at least 1"),
+        (not c["official_epochs"] or c["category"] in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
     ]
     for ok, name, expected in checks:
         if not ok:
-            raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
+            raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
 
 
 def setup_distributed():
@@ -107,7 +107,7 @@ def setup_distributed():
 def main():
     global epochs
     apply_overrides(globals(), sys.argv[1:], config_keys)
-    check_config()
+    check_config({k: globals()[k] for k in config_keys})
     if official_epochs:  # RD++
         epochs = OFFICIAL_EPOCHS[category]
     rdpp = method == "rd++"
@@ -126,7 +126,7 @@ def main():
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
-        for k in resume_keys + (rdpp_resume_keys if rdpp else []):
+        for k in resume_keys(method):
             if checkpoint.get("config", {}).get(k) != config[k]:
                 raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:

@@ -45,15 +45,18 @@ import torch
 import torchvision
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402  (its default save_minutes; importing it runs no training)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoints import CheckpointWriter, copy_to_cpu  # noqa: E402
 from dataset import load_images, normalize  # noqa: E402
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
 from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict, teacher_features  # noqa: E402
-from utils.io import CheckpointWriter, copy_to_cpu, save_checkpoint  # noqa: E402
+from utils.config import script_settings  # noqa: E402
+from utils.io import save_checkpoint  # noqa: E402
 from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
+SAVE_MINUTES = script_settings(os.path.join(ROOT, "train.py"))["save_minutes"]  # train.py's default checkpoint cadence
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
@@ -221,7 +224,6 @@ batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2 if rdpp 
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
 # The fixed costs of a train.py process, each timed once after a warm-up call (they happen once per run).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with tempfile.TemporaryDirectory() as tmp:
     imports_seconds = timed(lambda: subprocess.run([sys.executable, "-c", "import train"], cwd=ROOT, check=True), 1)
     teacher_file = os.path.join(tmp, "teacher.pth")  # a torchvision state dict, what weights=imagenet loads
@@ -260,7 +262,7 @@ epochs, n_images = 200, 280
 train_seconds = epochs * n_images / train_ips
 startup_seconds = imports_seconds + build_seconds
 data_seconds = n_images * (decode_seconds + cache_seconds / args.batch_size)
-n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's default cadence, then the last one
+n_background = int(train_seconds // (SAVE_MINUTES * 60))  # train.py's default cadence, then the last one
 checkpoint_seconds = n_background * background_seconds + write_seconds
 projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
@@ -277,5 +279,5 @@ print(f"checkpoint: {checkpoint_bytes / 2**20:.0f} MiB, written in {write_second
       f"{beside_seconds:+.2f} s more than {k} steps alone)")
 print(f"projected: one category ({n_images} images x {epochs} epochs) takes {projected / 60:.1f} min = start-up {startup_seconds:.0f} s "
       f"+ data and cache {data_seconds:.0f} s + training {train_seconds:.0f} s + {n_background + 1} checkpoints "
-      f"(every save_minutes={train.save_minutes:g} and the last) {checkpoint_seconds:.1f} s, "
+      f"(every save_minutes={SAVE_MINUTES:g} and the last) {checkpoint_seconds:.1f} s, "
       f"{100 * checkpoint_seconds / projected:.2f}% of the time")

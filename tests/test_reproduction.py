@@ -147,7 +147,8 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
     from dataset import load_test_set, load_train_images, normalize
     from model import build_model
     from utils.anomaly_map import cosine_loss, inference_network, predict
-    from utils.io import ckpt_path, save_checkpoint
+    from checkpoints import ckpt_path
+    from utils.io import save_checkpoint
 
     torch.manual_seed(1)
     encoder, ocbe, decoder = build_model("resnet18", weights="none", seed=1)

@@ -2,6 +2,7 @@
 `--name=value` command-line overrides of a script's module-level settings, nanoGPT style but as a function.
 
     apply_overrides(globals(), sys.argv[1:], config_keys)
+    defaults = script_settings("train.py")  # {name: default} of a script's settings, read without running it
 
 Values are parsed with ast.literal_eval (a bare word stays a string) and must have the default's type;
 an int is accepted for a float, 0/1 for a bool, anything for a None default. Errors are ConfigErrors.
@@ -51,6 +52,19 @@ def apply_overrides(settings, argv, keys):
         if name not in keys:
             raise ConfigError(f"--{name}: unknown setting, valid names: {', '.join(keys)}")
         settings[name] = parse_value(name, raw, settings[name])
+
+
+def script_settings(path):
+    """{name: default} of the settings block of a script (the `name = literal  # comment` lines between its first
+    two `# ---` rulers), read from its source without importing it: scripts/sweep.py learns train.py's and
+    test.py's settings this way, with no script importing another."""
+    with open(path) as f:
+        source = f.read()
+    rulers = [i + 1 for i, line in enumerate(source.splitlines()) if line.startswith("# ---")][:2]
+    if len(rulers) < 2:
+        raise ValueError(f"{path}: no settings block between two '# ---' rulers")
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and rulers[0] < node.lineno < rulers[1]}
 
 
 def run_cli(main, debug):

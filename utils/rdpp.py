@@ -21,10 +21,6 @@ import torch.nn.functional as F
 
 from dataset import IMAGENET_STD
 
-# the official per-category epochs of RD++ on MVTec AD (train.py's official_epochs)
-OFFICIAL_EPOCHS = {"carpet": 10, "leather": 10, "grid": 260, "tile": 260, "wood": 100, "bottle": 200, "cable": 240,
-                   "capsule": 300, "hazelnut": 160, "metal_nut": 160, "pill": 200, "screw": 280, "toothbrush": 280,
-                   "transistor": 300, "zipper": 300}
 MIN_PATCH = 10  # patch heights and widths are uniform in [MIN_PATCH, image_size // 8)
 NOISE_SCALE = 0.2  # in [0, 1] pixel units, added before the ImageNet normalisation
 OCTAVES, PERSISTENCE, FREQUENCY = 6, 0.6, 32.0
