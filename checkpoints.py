@@ -3,7 +3,7 @@ Checkpoints and run folders: where a run's files live, writing checkpoints in th
 method and settings a checkpoint implies, and building its networks for scoring. train.py, test.py, export.py,
 scripts/sweep.py and the benchmarks call it; every function takes what it needs as arguments.
 
-    folder = run_dir("runs", "bottle")                     # runs/bottle: checkpoint.pth, config.json, loss.csv, results.json
+    folder = run_dir("runs", "bottle")                     # runs/bottle: checkpoint.pth, config.json, loss.csv, ...
     ckpt = load_checkpoint(ckpt_path("runs", "bottle"))     # {'bn', 'decoder', RD++ 'proj', ours 'config', ...}
     settings = resolve_settings(ckpt, path, {"data_root": "", "category": "", ...})   # what was not given, from the checkpoint
     network = load_network(ckpt, settings, torch.device("cpu"), path)  # teacher + student, BatchNorms folded
@@ -22,6 +22,7 @@ import torch
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from utils.anomaly_map import inference_network
 from utils.config import ConfigError
+from utils.files import atomic_write_text
 from utils.io import safe_load, save_checkpoint
 
 # what an official checkpoint, which carries no config, was trained with
@@ -40,6 +41,36 @@ def run_dir(out_dir, category):
 
 def ckpt_path(out_dir, category):
     return os.path.join(run_dir(out_dir, category), "checkpoint.pth")
+
+
+def loss_csv_path(out_dir, category):
+    return os.path.join(run_dir(out_dir, category), "loss.csv")
+
+
+class LossLog:
+    """<run folder>/loss.csv: `epoch,loss,seconds`, a row appended (and flushed) after each epoch of training, the
+    epoch's mean loss over its optimizer steps and its wall time, as train.py prints them. A fresh run starts the
+    file anew; a resumed run keeps the rows of the epochs its checkpoint completed and drops later ones (written
+    after that checkpoint, by a run that was then killed), so each epoch has one row. The epoch a run resumes
+    in the middle of gets the row of the batches done after resuming."""
+
+    HEADER = "epoch,loss,seconds"
+
+    def __init__(self, path, epochs_done=0):
+        self.path = path
+        kept = []
+        if epochs_done and os.path.isfile(path):
+            with open(path) as f:
+                for line in f.read().splitlines()[1:]:
+                    fields = line.split(",")
+                    # a last line cut short by a killed run has fewer fields: dropped
+                    if len(fields) == 3 and fields[0].isdigit() and int(fields[0]) <= epochs_done:
+                        kept.append(line + "\n")
+        atomic_write_text(path, self.HEADER + "\n" + "".join(kept))
+
+    def append(self, epoch, loss, seconds):
+        with open(self.path, "a") as f:
+            f.write(f"{epoch},{loss:.6f},{seconds:.2f}\n")
 
 
 def resume_keys(method):

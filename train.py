@@ -10,8 +10,9 @@ Every setting below can be overridden as --name=value. The frozen teacher encode
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
 layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
-lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth;
-evaluate it with test.py. No test data is looked at here.
+lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
+the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
+test.py. No test data is looked at here.
 """
 
 import functools
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoints import CheckpointWriter, ckpt_path, load_checkpoint, resume_keys, run_dir
+from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir
 from dataset import load_train_images, normalize
 from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
@@ -52,7 +53,7 @@ device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
-out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
+out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth, config.json and loss.csv
 save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
@@ -163,6 +164,7 @@ def main():
 
     # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
     writer = CheckpointWriter()
+    loss_log = LossLog(loss_csv_path(out_dir, category), step // steps_per_epoch) if rank == 0 else None
 
     def save():
         if rank == 0:
@@ -248,7 +250,10 @@ def main():
                 writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
+        epoch_loss, epoch_seconds = total / max(n_updates, 1), time.time() - t0
+        log(f"epoch {epoch + 1}/{epochs} | loss {epoch_loss:.4f} | {epoch_seconds:.1f}s")
+        if loss_log is not None:
+            loss_log.append(epoch + 1, epoch_loss, epoch_seconds)
     save()
     writer.wait()
     log(f"saved {path}")

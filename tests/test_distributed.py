@@ -98,7 +98,7 @@ def torchrun_matches_emulation(data_root, tmp_path, batch_size):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.count(f"on cpu x {WORLD_SIZE} processes") == 1  # only rank 0 logs
-    assert sorted(os.listdir(ddp_dir / "stripes")) == ["checkpoint.pth", "config.json"]  # only rank 0 writes
+    assert sorted(os.listdir(ddp_dir / "stripes")) == ["checkpoint.pth", "config.json", "loss.csv"]  # only rank 0 writes
     ddp = torch.load(ddp_dir / "stripes" / "checkpoint.pth", weights_only=True)
 
     rank0, rank1 = (torch.load(record_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE))
