@@ -1,5 +1,6 @@
-"""The anomaly map: the device blur equals scipy's gaussian_filter, maps follow the SPEC's formula, and the
-test batch size changes no score."""
+"""The anomaly map: the device blur equals scipy's gaussian_filter, maps follow the official formula (per tap
+1 - cosine along channels, bilinear upsampling with align_corners=True, summed or multiplied, sigma-4 blur), and
+the test batch size changes no score."""
 
 import numpy as np
 import pytest

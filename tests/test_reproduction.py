@@ -1,7 +1,7 @@
 """The reproduction contract: test.py matches the official evaluation, train.py's step matches the official
 training step, and a saved checkpoint reloads in a new process to the same scores.
 
-The references here are written from the SPEC's formulas with torchvision transforms, torch and scipy,
+The references here are written from the official code's formulas with torchvision transforms, torch and scipy,
 independently of dataset.py, utils/anomaly_map.py and utils/metrics.py.
 """
 
