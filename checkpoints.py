@@ -20,7 +20,7 @@ import threading
 import torch
 
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from utils.anomaly_map import inference_network
+from model.scoring import inference_network
 from utils.config import ConfigError
 from utils.files import atomic_write_text
 from utils.io import safe_load, save_checkpoint
@@ -168,7 +168,7 @@ def resolve_settings(ckpt, path, given, need_data_root=True):
 
 
 def load_network(ckpt, settings, device, path):
-    """The checkpoint's teacher + student as one network for scoring (utils.anomaly_map.inference_network);
+    """The checkpoint's teacher + student as one network for scoring (model.scoring.inference_network);
     with RD++'s projection layer when the checkpoint has one ('proj'), loaded as strictly as the rest."""
     encoder = build_encoder(settings["backbone"], settings["weights"], settings["seed"])
     # official checkpoints of some categories carry extra 'memory' keys that no model uses

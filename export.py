@@ -34,9 +34,11 @@ import numpy as np
 import torch
 
 from checkpoints import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings, run_dir
-from dataset import load_test_set, load_train_images, normalize
+from dataset import load_test_set, load_train_images
+from model.encoder import normalize
+from model.scoring import predict
 from results import find_evaluation
-from utils.anomaly_map import anomaly_map, predict
+from utils.anomaly_map import anomaly_map
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write, first_line
 from utils.metrics import compute_metrics, metrics_line
@@ -130,7 +132,7 @@ def export_onnx(scorer, image_size, metadata):
 
 
 def check_parity(model, network, image_size):
-    """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (utils.anomaly_map.predict)."""
+    """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (model.scoring.predict)."""
     import onnxruntime
 
     images = torch.randint(0, 256, (3, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

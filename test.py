@@ -37,8 +37,8 @@ import torch
 
 from checkpoints import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings, run_dir
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
+from model.scoring import predict
 from results import find_evaluation
-from utils.anomaly_map import predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, write_csv
 from utils.metrics import compute_metrics, metrics_line

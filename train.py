@@ -9,7 +9,7 @@ Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 202
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
 lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
 the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
 test.py. No test data is looked at here.
@@ -27,11 +27,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir
-from dataset import load_train_images, normalize
+from dataset import load_train_images
 from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import MIN_PATCH, ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss, projection_loss
+from model.projection import ProjectedStudent
+from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json
 from utils.seeding import resolve_device, set_seed

@@ -9,7 +9,7 @@ Speed and memory of Reverse Distillation (RD or RD++) training and inference, on
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
 cache_teacher the teacher's features are computed once, outside the step), inference images/s (teacher +
-student + anomaly map + blur: utils.anomaly_map.predict on test.py's inference_network, BatchNorms folded
+student + anomaly map + blur: model.scoring.predict on test.py's inference_network, BatchNorms folded
 and channels_last; --plain_inference=1 runs the modules as built instead), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
@@ -48,12 +48,15 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from checkpoints import CheckpointWriter, copy_to_cpu  # noqa: E402
-from dataset import load_images, normalize  # noqa: E402
+from dataset import load_images  # noqa: E402
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
-from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict, teacher_features  # noqa: E402
+from model.encoder import normalize, teacher_features  # noqa: E402
+from model.losses import cosine_loss, projection_loss  # noqa: E402
+from model.projection import ProjectedStudent  # noqa: E402
+from model.scoring import TeacherStudent, inference_network, predict  # noqa: E402
+from pseudo_anomalies import SimplexPatches, step_generator  # noqa: E402
 from utils.config import script_settings  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
-from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
 SAVE_MINUTES = script_settings(os.path.join(ROOT, "train.py"))["save_minutes"]  # train.py's default checkpoint cadence

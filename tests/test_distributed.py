@@ -21,7 +21,8 @@ import torch
 from conftest import ROOT, SMALL, run_script
 from dataset import load_train_images
 from model import build_model
-from utils.anomaly_map import cosine_loss, teacher_features
+from model.encoder import teacher_features
+from model.losses import cosine_loss
 
 SEED, SIZE, WORLD_SIZE = 42, 64, 2
 

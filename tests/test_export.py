@@ -27,7 +27,7 @@ import onnx  # noqa: E402
 from checkpoints import load_checkpoint, load_network, resolve_settings  # noqa: E402
 from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
-from utils.anomaly_map import predict  # noqa: E402
+from model.scoring import predict  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
 

@@ -26,7 +26,8 @@ from make_demo_data import make_category
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
 from test_reproduction import official_evaluation, reference_images
 from checkpoints import load_checkpoint
-from utils.rdpp import SimplexPatches, noise_field, projection_loss, step_generator
+from model.losses import projection_loss
+from pseudo_anomalies import SimplexPatches, noise_field, step_generator
 
 SIZE = 96  # the smallest multiple of 32 with room for RD++'s patches (10 to SIZE/8 pixels)
 RDPP = ["--method=rd++", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu"]

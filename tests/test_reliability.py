@@ -342,17 +342,17 @@ def test_nan_after_a_save_keeps_that_save(data_root, tmp_path, monkeypatch):
     """The loss turns NaN at step 3 (in epoch 2) of a run that saves after every step (--save_minutes=0, in
     the background); the checkpoint of step 3, which may still be being written when the bad step comes, is
     completed and is what remains: no NaN weights, no temporary file."""
-    import utils.anomaly_map
+    import model.losses
     out_dir = tmp_path / "runs"
     path = out_dir / "stripes" / "checkpoint.pth"
-    real_loss, calls = utils.anomaly_map.cosine_loss, []
+    real_loss, calls = model.losses.cosine_loss, []
 
     def poisoned_loss(teacher, student):
         calls.append(1)
         loss = real_loss(teacher, student)
         return loss * float("nan") if len(calls) == 4 else loss
 
-    monkeypatch.setattr(utils.anomaly_map, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
+    monkeypatch.setattr(model.losses, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
     result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
                       "--epochs=3", "--batch_size=4", "--save_minutes=0", *SMALL)
     assert_user_error(result, "loss is nan at epoch 2, step 3", path)
