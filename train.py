@@ -94,6 +94,27 @@ def check_config(config):
             raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
 
 
+def batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp):
+    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
+    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
+    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
+    The networks run under bf16 autocast with amp, the losses in float32. scripts/benchmark.py times this step."""
+    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
+        if noisy is None:
+            reconstructed = student(teacher)  # 3 taps
+        else:
+            noisy_teacher = encoder(noisy)  # 3 taps
+            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+    if not len(teacher[0]):
+        # a last batch smaller than the number of processes leaves some an empty shard: they still join
+        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+        return sum(r.sum() for r in reconstructed)
+    loss = cosine_loss(teacher, reconstructed)
+    if noisy is not None:  # RD++: + the projection layer's loss
+        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+    return loss
+
+
 def setup_distributed():
     """(rank, world_size, device) under torchrun (RANK/WORLD_SIZE set), else (0, 1, the `device` setting)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -212,20 +233,15 @@ def main():
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
+                noisy = shuffle = None
                 if rdpp and update:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
                     generator = step_generator(seed, step)  # this step's noise and shuffle, whatever the process
                     noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
-                    noisy_teacher = encoder(noisy)  # 3 taps
-                    reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
-                else:
-                    reconstructed = student(teacher)  # 3 taps
+                if not update:  # RD++ between steps: the student's forward only moves the BatchNorm statistics
+                    student(teacher)
             if update:
-                # a last batch smaller than the number of processes leaves some an empty shard: they still join
-                # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-                loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
-                if rdpp and len(shard):  # RD++: + the projection layer's loss
-                    loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+                loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp)
                 # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
                 (loss * len(shard) * world_size / len(batch)).backward()
                 loss = loss.detach() * len(shard) / len(batch)
