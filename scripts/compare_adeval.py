@@ -26,11 +26,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import test as test_script  # noqa: E402  (importing it only defines its settings; nothing runs)
+from checkpoints import CHECKPOINT_SETTINGS, ckpt_path, load_checkpoint, load_network, resolve_settings  # noqa: E402
 from dataset import load_test_set  # noqa: E402
-from utils.anomaly_map import predict  # noqa: E402
+from model.scoring import predict  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.io import ckpt_path, load_checkpoint  # noqa: E402
 from utils.metrics import MAD_PARTS, compute_metrics  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
@@ -59,14 +58,14 @@ def import_adeval():
 
 
 def category_maps(checkpoint, dev):
-    """(scores (N,), labels (N,), maps (N,S,S) float32, masks (N,S,S) bool) of a checkpoint's test split, as test.py
-    scores it with its defaults."""
+    """(scores (N,), labels (N,), maps (N,S,S) float32, masks (N,S,S) bool) of a checkpoint's test split, scored as
+    test.py scores it with the checkpoint's own settings."""
     ckpt = load_checkpoint(checkpoint)
-    settings = test_script.resolve_settings(ckpt)
+    settings = resolve_settings(ckpt, checkpoint, dict.fromkeys(CHECKPOINT_SETTINGS, ""))
     images, masks, labels, _ = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
     if masks is None:
         raise ConfigError(f"{checkpoint}: its test set has no ground_truth masks, nothing to compare")
-    maps, scores = predict(test_script.load_network(ckpt, settings, dev), images)
+    maps, scores = predict(load_network(ckpt, settings, dev, checkpoint), images)
     return scores.numpy(), labels.numpy(), maps.numpy(), masks.numpy()
 
 

@@ -58,7 +58,7 @@ sys.path.insert(0, ROOT)
 
 from dataset import IMAGE_EXTENSIONS, list_images, mask_path_for, open_image  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
+from utils.files import atomic_write, check_outputs  # noqa: E402
 
 # -----------------------------------------------------------------------------
 format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2 | real_iad
@@ -395,6 +395,8 @@ def main():
         raise ConfigError(f"--{'resolution' if resolution else 'views'}: only used with --format=real_iad")
     need_dir(src, "the extracted dataset")
     check_destination(src, dst)
+    partial = dst.rstrip(os.sep) + ".partial"  # written first, renamed to dst when complete
+    check_outputs(f"dst={dst}", os.path.dirname(partial), folders=[os.path.basename(partial)])
     plans = FORMATS[format](src)  # every missing file is found here, before anything is written
     for plan in plans:
         written = {}
@@ -403,7 +405,6 @@ def main():
                 raise ConfigError(f"{source}: would be written as {plan.category}/{relative}, as {written[relative]} is")
             written[relative] = source
 
-    partial = dst.rstrip(os.sep) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     n_linked = 0
     for plan in plans:

@@ -355,8 +355,8 @@ def test_masks_with_other_values_are_read_as_binary(tmp_path, capsys):
 
 def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
     """The table from hand-written per-category files: BTAD's order, RD++'s published means and where they are from."""
-    import sweep
     import train
+    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}
     for category in ("03", "01", "02"):
@@ -364,7 +364,7 @@ def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
         results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7,
                    "train_config": dict(config, category=category, betas=list(config["betas"]))}
         (tmp_path / category / "results.json").write_text(json.dumps(results))
-    text = sweep.build_table(str(tmp_path), "data/btad", ["03", "01", "02"], config)
+    text = results_layer.results_md(str(tmp_path), "data/btad", ["03", "01", "02"], config)
     assert text.startswith("# Reverse Distillation on data/btad (BTAD)")
     assert table_row(text, "Image-Level AUC", "") == ["Avg", "01", "02", "03"]
     assert table_row(text, "Image-Level AUC", "RD++ (Tien et al., CVPR 2023), 3-category mean") == ["0.956", "", "", ""]
@@ -444,8 +444,8 @@ def test_real_iad_refusals(tmp_path):
 
 def test_real_iad_table_has_ader_rows_and_the_authors_order(tmp_path):
     """Real-IAD's objects in its authors' order, and ADer's published unified-setting rows with their source."""
-    import sweep
     import train
+    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}
     for category, iou in (("zipper", 0.25), ("audiojack", 0.15), ("pcb", 0.2)):
@@ -453,7 +453,7 @@ def test_real_iad_table_has_ader_rows_and_the_authors_order(tmp_path):
         results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7, "pixel_iou_max": iou,
                    "mad": 0.6, "train_config": dict(config, category=category, betas=list(config["betas"]))}
         (tmp_path / category / "results.json").write_text(json.dumps(results))
-    text = sweep.build_table(str(tmp_path), "data/realiad", ["zipper", "audiojack", "pcb"], config)
+    text = results_layer.results_md(str(tmp_path), "data/realiad", ["zipper", "audiojack", "pcb"], config)
     assert text.startswith("# Reverse Distillation on data/realiad (Real-IAD)")
     assert table_row(text, "mIoU-max (ADer)", "") == ["Avg", "Audiojack", "Pcb", "Zipper"]
     assert table_row(text, "mIoU-max (ADer)", "ours, RD (wide_resnet50_2)") == ["0.200", "0.150", "0.200", "0.250"]

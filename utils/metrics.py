@@ -57,6 +57,14 @@ PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_
                "pixel_f1_21", "pixel_iou_max")
 METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", *PIXEL_NAMES, "mad")
 MAD_PARTS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro")
+# printed after a run; results.md tabulates these and ADer's pixel_iou_max and mad (results.TABLES)
+HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
+
+
+def metrics_line(metrics, digits=3):
+    """'image_auroc 0.991 | pixel_auroc 0.973 | image_f1 0.965 | pixel_aupro n/a': the HEADLINE metrics of a
+    compute_metrics (or results.json) dict, as test.py, export.py and the sweep print them."""
+    return " | ".join(f"{k} {metrics[k]:.{digits}f}" if metrics.get(k) is not None else f"{k} n/a" for k in HEADLINE)
 
 
 def _numpy(x):
