@@ -29,7 +29,7 @@ Result = namedtuple("Result", "state results sweep")
 COMPARED_KEYS = ["epochs", "method"]  # with the checkpoint's resume_keys: a result counts when trained with the requested values
 METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
-          ("AUPRO", "pixel_aupro")]
+          ("AUPRO", "pixel_aupro"), ("mIoU-max (ADer)", "pixel_iou_max"), ("mAD (ADer)", "mad")]
 
 
 def as_json(value):
@@ -171,6 +171,9 @@ def results_md(out_dir, data_root, categories, train_config):
                      " Our rows come from test.py's results.json." if known is MVTEC_AD else ""), ""]
     elif known:
         lines += [f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+    lines += ["mIoU-max and mAD are the ADer benchmark's: IoU-max over 21 thresholds of the maps min-max normalised over "
+              "the category, and the mean of image AUROC, AP, F1-max, pixel AUROC, AP, F1-max (those 21 thresholds) and "
+              "AUPRO.", ""]
     if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
         lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
 

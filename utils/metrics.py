@@ -7,12 +7,26 @@ compute_metrics(image_scores, image_labels, maps, masks) returns, as python floa
   pixel_aupro      area under the PRO curve up to FPR 0.3, divided by 0.3 (Bergmann et al.)
   pixel_pro_paper  the per-image PRO of the official RD4AD test script; a different,
                    non-standard number that is NOT comparable to pixel_aupro
+and the ADer benchmark's (zhangzjn/ADer, util/metric.py at 902937a; its unified-setting tables):
+  pixel_f1_21      pixel F1-max over 21 thresholds 0, 0.05, ..., 1 of the maps min-max
+                   normalised over the whole test set, pixels pooled (ADer's P-F1 / mF1_max_px)
+  pixel_iou_max    IoU-max over the same 21 thresholds (ADer's mIoU-max)
+  mad              the mean of image_auroc, image_ap, image_f1, pixel_auroc, pixel_ap,
+                   pixel_f1_21 and pixel_aupro (ADer's mAD)
 plus `undefined`, which maps each metric that came back as None to the reason.
+
+ADer's image metrics are sklearn's, as ours. Its pixel AUROC, AP and AUPRO come from the
+ADEval package, binned into 50 strips between the maps' min and max: close to, not equal
+to, the exact ones here (scripts/compare_adeval.py measures the difference), so `mad` is
+ADer's formula over our exact metrics. A constant map (max = min) has no min-max
+normalisation; ADer's 0/0 makes it NaN, above no threshold, so pixel_f1_21 and
+pixel_iou_max are 0.0 there, as here.
 
 AUROC and AP follow sklearn's roc_auc_score / average_precision_score exactly (ties
 included); F1-max is the best F1 over all thresholds, predicting positive when
-score >= threshold. All pixel metrics share one sort of the pixel scores and are read
-off it with binary searches and cumulative sums: no Python loop over thresholds or pixels.
+score >= threshold. The exact pixel metrics share one sort of the pixel scores and are read
+off it with binary searches and cumulative sums; ADer's two count the pixels between its 21
+thresholds in one chunked pass: no Python loop over thresholds or pixels.
 
 Usage:
     from utils.metrics import compute_metrics
@@ -34,9 +48,17 @@ PAPER_NUM_TH = 200  # thresholds per image in the RD4AD script
 _STACK_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
 _STACK_8_CONNECTED[1] = True
 
-METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold",
-                "pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper")
-HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")  # printed after a run, the tables of results.md
+# ADer's pixel thresholds, built as ADer builds them (np.arange), so that each one is the
+# same float64 (0.15000000000000002, not 3 / 20 = 0.15) and a pixel on a threshold falls the same side.
+ADER_THRESHOLDS = np.arange(0.0, 1.0 + 1e-3, 0.05)  # (21,)
+ADER_CHUNK_PIXELS = 1 << 22  # pixels normalised at a time: 64 MB of float64 temporaries
+
+PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper",
+               "pixel_f1_21", "pixel_iou_max")
+METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", *PIXEL_NAMES, "mad")
+MAD_PARTS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro")
+# printed after a run; results.md tabulates these and ADer's pixel_iou_max and mad (results.TABLES)
+HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
 
 
 def metrics_line(metrics, digits=3):
@@ -197,6 +219,35 @@ def _pro_paper_image(amap, mask, regions):
     return float(-np.trapezoid(pro, fpr / fpr.max()))
 
 
+def _ader_f1_iou_max(maps, masks):
+    """(pixel_f1_21, pixel_iou_max): ADer's F1-max and IoU-max over ADER_THRESHOLDS.
+
+    The maps are min-max normalised over the whole set in float64 (as ADer's float64 maps);
+    a pixel is predicted anomalous at threshold t when its normalised score is > t. Each
+    pixel's level, the number of thresholds strictly below it, is one binary search, and
+    counting pixels per level (all, and anomalous) gives every threshold's confusion counts
+    at once: one pass over the pixels in chunks, no (21, N, H, W) temporary.
+    """
+    lo, hi = float(maps.min()), float(maps.max())
+    n_levels = ADER_THRESHOLDS.size + 1
+    predicted, hits = np.zeros(n_levels, np.int64), np.zeros(n_levels, np.int64)
+    step = max(1, ADER_CHUNK_PIXELS // (maps[0].size or 1))
+    for start in range(0, len(maps), step):
+        chunk = maps[start:start + step].astype(np.float64).ravel()
+        # A constant map has no normalisation; ADer's 0/0 = NaN is above no threshold, as 0 here.
+        normalised = (chunk - lo) / (hi - lo) if hi > lo else np.zeros_like(chunk)
+        level = np.searchsorted(ADER_THRESHOLDS, normalised, side="left")  # (pixels,) in 0..21
+        predicted += np.bincount(level, minlength=n_levels)
+        hits += np.bincount(level[masks[start:start + step].ravel()], minlength=n_levels)
+    # pixels above threshold k are those of level > k: suffix sums from level k + 1
+    predicted_above = np.cumsum(predicted[::-1])[::-1][1:]  # (21,)
+    hits_above = np.cumsum(hits[::-1])[::-1][1:]
+    n_anomalous = hits.sum()
+    f1 = 2.0 * hits_above / (predicted_above + n_anomalous)
+    iou = hits_above / (predicted_above + n_anomalous - hits_above)
+    return float(f1.max()), float(iou.max())
+
+
 def compute_metrics(image_scores, image_labels, maps, masks):
     """All image- and pixel-level metrics; see the module docstring.
 
@@ -231,11 +282,23 @@ def compute_metrics(image_scores, image_labels, maps, masks):
             undefined[name] = reason
 
     if labels_only:
-        for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper"):
+        for name in PIXEL_NAMES:
             undefined[name] = "no ground truth masks: image labels only"
-        out["undefined"] = undefined
-        return out
+    else:
+        _pixel_metrics(maps, masks, out, undefined)
 
+    missing = [name for name in MAD_PARTS if out[name] is None]
+    if missing:
+        undefined["mad"] = f"{missing[0]} is undefined: {undefined[missing[0]]}"
+    else:
+        out["mad"] = float(np.mean([out[name] for name in MAD_PARTS]))
+    out["undefined"] = undefined
+    return out
+
+
+def _pixel_metrics(maps, masks, out, undefined):
+    """Fill `out` with the pixel metrics of maps (N, H, W) against bool masks (N, H, W), and
+    `undefined` with the reasons of those the masks cannot define."""
     regions, n_regions = ndimage.label(masks, structure=_STACK_8_CONNECTED)
     n_pixels_anomalous = int(np.count_nonzero(regions))
     if 0 < n_pixels_anomalous < regions.size:
@@ -249,12 +312,16 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro"):
             undefined[name] = reason
 
+    # F1 and IoU need anomalous pixels only; masks without any normal pixel still define them.
+    if n_pixels_anomalous:
+        out["pixel_f1_21"], out["pixel_iou_max"] = _ader_f1_iou_max(maps, masks)
+    else:
+        for name in ("pixel_f1_21", "pixel_iou_max"):
+            undefined[name] = "masks have no anomalous pixels"
+
     per_image = [_pro_paper_image(amap, mask, region)
                  for amap, mask, region in zip(maps, masks, regions) if mask.any()]
     if per_image:
         out["pixel_pro_paper"] = float(np.mean(per_image))
     else:
         undefined["pixel_pro_paper"] = "no image has anomalous pixels"
-
-    out["undefined"] = undefined
-    return out
