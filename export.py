@@ -37,7 +37,7 @@ import test as evaluation
 from dataset import load_test_set, load_train_images, normalize
 from utils.anomaly_map import anomaly_map, predict
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write, first_line
+from utils.files import atomic_write, check_outputs, first_line
 from utils.io import load_checkpoint, run_dir
 from utils.metrics import compute_metrics
 from utils.runtimes import FORMAT
@@ -276,6 +276,8 @@ def main():
     onnx_path = out or os.path.join(os.path.dirname(checkpoint), "model.onnx")
     if not onnx_path.endswith(".onnx"):
         raise ConfigError(f"--out={onnx_path}: must end with .onnx")
+    stem = os.path.basename(onnx_path)[:-len(".onnx")]
+    check_outputs(f"out={onnx_path}", os.path.dirname(onnx_path), [stem + ".onnx", *([stem + "_int8.xml", stem + "_int8.bin"] if int8 else [])])
     import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if int8 else ()))
     for name in ("checkpoint", "data_root", "category", "out_dir", "weights", "backbone", "image_size", "map_mode"):
         setattr(evaluation, name, globals()[name])  # test.py's settings are its module's globals

@@ -41,7 +41,7 @@ from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from utils.anomaly_map import inference_network, predict
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write_json, write_csv
+from utils.files import atomic_write_json, check_outputs, write_csv
 from utils.io import load_checkpoint, run_dir
 from utils.metrics import compute_metrics
 from utils.seeding import resolve_device
@@ -194,8 +194,11 @@ def main():
     dev = torch.device(resolve_device(device))
     ckpt = load_checkpoint(checkpoint)
     settings = resolve_settings(ckpt)
+    folder = run_dir(settings["out_dir"], settings["category"])  # the outputs, checked before the data and networks
     if images:
+        check_outputs(f"out_dir={settings['out_dir']}", os.path.join(folder, "predict"), ["scores.csv"])
         return score_folder(ckpt, settings, dev)
+    check_outputs(f"out_dir={settings['out_dir']}", folder, ["results.json", "scores.csv"], ["images"] if save_images else [])
     test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
     if masks is None:
         print(f"{settings['category']}: no ground_truth folder: evaluated on image labels from the test folder names "
@@ -207,7 +210,6 @@ def main():
     predict_seconds = time.time() - t0
     metrics = compute_metrics(scores, labels, maps, masks)
 
-    folder = run_dir(settings["out_dir"], settings["category"])
     results = {
         "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],

@@ -31,7 +31,7 @@ from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_
 from utils.anomaly_map import cosine_loss, teacher_features
 from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write_json
+from utils.files import atomic_write_json, check_outputs
 from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir
 from utils.seeding import resolve_device, set_seed
 
@@ -118,6 +118,8 @@ def main():
     rank, world_size, dev = setup_distributed()
     log = print if rank == 0 else lambda *args: None
     path = ckpt_path(out_dir, category)
+    if rank == 0:  # the one process that writes; another's try could race with its removal of a folder it made
+        check_outputs(f"out_dir={out_dir}", run_dir(out_dir, category), files=[os.path.basename(path), "config.json"])
     if os.path.exists(path) and not (resume or overwrite):
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
 

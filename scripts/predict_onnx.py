@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import write_csv  # noqa: E402
+from utils.files import check_outputs, write_csv  # noqa: E402
 from utils.images import IMAGE_EXTENSIONS, list_images, read_images  # noqa: E402
 from utils.runtimes import RUNTIMES, SCORE_TOLERANCE, load_exported  # noqa: E402
 from utils.visualize import prediction_strip, save_png  # noqa: E402
@@ -52,6 +52,8 @@ def main():
         raise ConfigError("--images is required: the folder of images to score")
     if not os.path.isdir(images):
         raise ConfigError(f"images={images}: no such folder")
+    folder = out_dir or os.path.join(os.path.dirname(model), "predict_onnx")
+    check_outputs(f"out_dir={folder}", folder, ["scores.csv"])
     paths = list_images(images)
     if not paths:
         raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -71,7 +73,6 @@ def main():
     # threshold is the score of one of its images, which must not turn normal by a rounding of the runtime
     label_threshold = image_threshold * (1 - SCORE_TOLERANCE)
     labels = [int(score >= label_threshold) for score in scores]
-    folder = out_dir or os.path.join(os.path.dirname(model), "predict_onnx")
     for path, image, amap, score in zip(paths, new_images, maps, scores):
         name = os.path.basename(path)
         name = name if name.lower().endswith(".png") else name + ".png"

@@ -12,7 +12,8 @@ Per category C: `python train.py --category=C --resume=1 ...`, then `python test
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
 skipped; an interrupted one resumes from its checkpoint; one that fails is reported and the others go on. With several
 GPUs one category runs per GPU at a time. <out_dir>/results.md is rebuilt from the per-category files after every
-category. Exit status: 0 all done, 1 some category failed, 2 bad settings, 128+signal when interrupted (Ctrl-C).
+category. Exit status: 0 all done, 1 some category failed, 2 bad settings (an out_dir that cannot be written is
+refused before any category starts), 128+signal when interrupted (Ctrl-C).
 """
 
 import json
@@ -35,7 +36,7 @@ import test as test_script  # noqa: E402  (importing either script only defines 
 import train as train_script  # noqa: E402
 from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
+from utils.files import atomic_write_json, atomic_write_text, check_outputs  # noqa: E402
 from utils.io import ckpt_path, run_dir  # noqa: E402
 from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
 
@@ -428,6 +429,7 @@ def gpu_slots(device):
 def main():
     train_args, test_args, train_config = parse_args(sys.argv[1:])
     data_root, out_dir = train_config["data_root"], train_config["out_dir"]
+    check_outputs(f"out_dir={out_dir}", out_dir, ["results.md"])  # before any category starts
     if table_only:
         # the data need not be on the machine that gathers: columns also come from what is under out_dir
         names = [c for c in categories.split(",") if c] or default_categories(data_root)

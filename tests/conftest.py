@@ -16,6 +16,19 @@ from make_demo_data import make_category  # noqa: E402
 
 # small and fast: resnet18 teacher, 64x64 images, random teacher weights (no download here)
 SMALL = ["--backbone=resnet18", "--image_size=64", "--weights=none", "--device=cpu"]
+# `python -c WITHOUT_TORCH script.py args` runs the script where torch (and scipy) cannot be imported, as on a
+# machine without them, and fails if it imported them: scripts/predict_onnx.py must run there
+WITHOUT_TORCH = """
+import runpy, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "scipy"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+assert not any(m.split(".")[0] in ("torch", "scipy") for m in sys.modules), "torch or scipy imported"
+"""
 
 
 def run_script(*args, check=True, timeout=600):

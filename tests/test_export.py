@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import WITHOUT_TORCH, run_script
 
 for package in ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf"):
     pytest.importorskip(package, reason=f"{package} is not installed: pip install -r requirements-deploy.txt")
@@ -33,18 +33,6 @@ from utils.runtimes import load_exported  # noqa: E402
 
 RUNTIMES = ("onnxruntime", "openvino")
 CATEGORY = "stripes"
-# a meta path finder that refuses torch (and scipy, not needed either): predict_onnx.py must run without them
-WITHOUT_TORCH = """
-import runpy, sys
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "scipy"):
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, Refuse())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-assert not any(m.split(".")[0] in ("torch", "scipy") for m in sys.modules), "torch or scipy imported"
-"""
 
 
 def read_csv(path):
