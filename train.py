@@ -9,9 +9,10 @@ Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 202
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
-lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth;
-evaluate it with test.py. No test data is looked at here.
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
+lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
+the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
+test.py. No test data is looked at here.
 """
 
 import contextlib
@@ -26,13 +27,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset import load_train_images, normalize
+from checkpoints import LEGACY_VALUES, CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir
+from dataset import load_train_images
+from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss, projection_loss
+from model.projection import ProjectedStudent
+from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, check_outputs
-from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
@@ -52,7 +56,7 @@ device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
-out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
+out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth, config.json and loss.csv
 save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
@@ -66,32 +70,51 @@ overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
-# a resumed run must have been trained with the same values of these
-resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
-rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "accumulate", "ssot"]  # and these for RD++
-legacy_values = {"accumulate": False}  # what checkpoints written before a resume key existed were trained with
 
 
-def check_config():
-    """Impossible settings fail here, before any data is loaded."""
+def check_config(config):
+    """Impossible settings (a dict of the settings above) fail here, before any data is loaded; scripts/sweep.py
+    checks its runs' settings with it before starting any."""
+    c = config
     checks = [
-        (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
-        (batch_size >= 1, "batch_size", "at least 1"),
-        (epochs >= 1, "epochs", "at least 1"),
-        (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
-        (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
-        (math.isfinite(save_minutes) and save_minutes >= 0, "save_minutes", "a number of minutes, 0 or more"),
-        (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
-        (not (resume and overwrite), "resume", "left off when overwrite=True"),
-        (method in METHODS, "method", " or ".join(METHODS)),
-        (method != "rd++" or image_size // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
-        (math.isfinite(proj_lr) and proj_lr > 0, "proj_lr", "a positive finite number"),
-        (step_every >= 1, "step_every", "at least 1"),
-        (not official_epochs or category in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
+        (c["batch_size"] >= 1, "batch_size", "at least 1"),
+        (c["epochs"] >= 1, "epochs", "at least 1"),
+        (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
+        (all(0 <= b < 1 for b in c["betas"]), "betas", "two numbers in [0, 1)"),
+        (math.isfinite(c["save_minutes"]) and c["save_minutes"] >= 0, "save_minutes", "a number of minutes, 0 or more"),
+        (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
+        (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
+        (c["method"] in METHODS, "method", " or ".join(METHODS)),
+        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
+        (c["step_every"] >= 1, "step_every", "at least 1"),
+        (not c["official_epochs"] or c["category"] in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
     ]
     for ok, name, expected in checks:
         if not ok:
-            raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
+            raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
+
+
+def batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp):
+    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
+    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
+    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
+    The networks run under bf16 autocast with amp, the losses in float32. scripts/benchmark.py times this step."""
+    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
+        if noisy is None:
+            reconstructed = student(teacher)  # 3 taps
+        else:
+            noisy_teacher = encoder(noisy)  # 3 taps
+            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+    if not len(teacher[0]):
+        # a last batch smaller than the number of processes leaves some an empty shard: they still join
+        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+        return sum(r.sum() for r in reconstructed)
+    loss = cosine_loss(teacher, reconstructed)
+    if noisy is not None:  # RD++: + the projection layer's loss
+        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+    return loss
 
 
 def setup_distributed():
@@ -110,7 +133,7 @@ def setup_distributed():
 def main():
     global epochs
     apply_overrides(globals(), sys.argv[1:], config_keys)
-    check_config()
+    check_config({k: globals()[k] for k in config_keys})
     if official_epochs:  # RD++
         epochs = OFFICIAL_EPOCHS[category]
     rdpp = method == "rd++"
@@ -131,8 +154,8 @@ def main():
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
-        for k in resume_keys + (rdpp_resume_keys if rdpp else []):
-            trained_with = checkpoint.get("config", {}).get(k, legacy_values.get(k))
+        for k in resume_keys(method):
+            trained_with = checkpoint.get("config", {}).get(k, LEGACY_VALUES.get(k))
             if trained_with != config[k]:
                 raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={trained_with!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
@@ -169,6 +192,7 @@ def main():
 
     # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
     writer = CheckpointWriter()
+    loss_log = LossLog(loss_csv_path(out_dir, category), step // steps_per_epoch) if rank == 0 else None
 
     def save():
         if rank == 0:
@@ -213,27 +237,23 @@ def main():
             update = not rdpp or (i + 1) % step_every == 0
             backward = update or accumulate
             pending = backward and not update  # a gradient waiting for a later step
-            # DDP: a gradient waiting for its step stays in this process; the step's batch all-reduces the sum
-            no_sync = student.no_sync() if world_size > 1 and pending else contextlib.nullcontext()
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward), no_sync:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
                 if teacher_cache is None:
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
+                noisy = shuffle = None
                 if rdpp and backward:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
                     generator = step_generator(seed, step)  # this batch's noise and shuffle, whatever the process
                     noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
-                    noisy_teacher = encoder(noisy)  # 3 taps
-                    reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
-                else:
-                    reconstructed = student(teacher)  # 3 taps
+                if not backward:  # RD++ before 94a8df5, between steps: the student's forward only moves the BatchNorm statistics
+                    student(teacher)
             if backward:
-                # a last batch smaller than the number of processes leaves some an empty shard: they still join
-                # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-                loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
-                if rdpp and len(shard):  # RD++: + the projection layer's loss
-                    loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+                # DDP: a gradient waiting for its step stays in this process (DDP decides at the forward whether the
+                # backward all-reduces); the step's batch all-reduces the sum
+                with student.no_sync() if world_size > 1 and pending else contextlib.nullcontext():
+                    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp)
                 # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
                 (loss * len(shard) * world_size / len(batch)).backward()
                 loss = loss.detach() * len(shard) / len(batch)
@@ -262,7 +282,10 @@ def main():
                 writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_losses, 1):.4f} | {time.time() - t0:.1f}s")
+        epoch_loss, epoch_seconds = total / max(n_losses, 1), time.time() - t0
+        log(f"epoch {epoch + 1}/{epochs} | loss {epoch_loss:.4f} | {epoch_seconds:.1f}s")
+        if loss_log is not None:
+            loss_log.append(epoch + 1, epoch_loss, epoch_seconds)
     save()  # accumulate: the gradient of an odd last batch is dropped, as at the end of the official loop
     writer.wait()
     log(f"saved {path}")

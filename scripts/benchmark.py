@@ -9,7 +9,7 @@ Speed and memory of Reverse Distillation (RD or RD++) training and inference, on
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
 cache_teacher the teacher's features are computed once, outside the step), inference images/s (teacher +
-student + anomaly map + blur: utils.anomaly_map.predict on test.py's inference_network, BatchNorms folded
+student + anomaly map + blur: model.scoring.predict on test.py's inference_network, BatchNorms folded
 and channels_last; --plain_inference=1 runs the modules as built instead), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
@@ -47,15 +47,21 @@ import torch
 import torchvision
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402  (its default save_minutes; importing it runs no training)
-from dataset import load_images, normalize  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoints import CheckpointWriter, copy_to_cpu  # noqa: E402
+from dataset import load_images  # noqa: E402
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
-from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict, teacher_features  # noqa: E402
-from utils.io import CheckpointWriter, copy_to_cpu, save_checkpoint  # noqa: E402
-from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
+from model.encoder import normalize, teacher_features  # noqa: E402
+from model.projection import ProjectedStudent  # noqa: E402
+from model.scoring import TeacherStudent, inference_network, predict  # noqa: E402
+from pseudo_anomalies import SimplexPatches, step_generator  # noqa: E402
+from train import batch_loss  # noqa: E402  (train.py's step; importing it runs no training)
+from utils.config import script_settings  # noqa: E402
+from utils.io import save_checkpoint  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
+TRAIN_DEFAULTS = script_settings(os.path.join(ROOT, "train.py"))  # its save_minutes (checkpoint cadence) and weight_proj
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
@@ -193,20 +199,14 @@ teacher_cache = teacher_features(encoder, images, args.batch_size, bool(args.amp
 
 
 def train_step(update=True):
-    """One batch of train.py's loop: forward, loss, backward, and (update) the Adam step."""
+    """train.py's step: its batch_loss (RD++: with the noisy teacher pass), backward, and (update) the Adam step."""
     teacher = teacher_cache if use_cache else teacher_step_features()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
-        if rdpp:  # train.py's RD++ step: the noisy teacher pass, both batches through the projection
-            generator = step_generator(0, 0)
-            noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
-            noisy_teacher = teacher_forward(noisy)
-            student_features, projected, projected_noisy = train_student(teacher, noisy_teacher)
-        else:
-            student_features = train_student(teacher)
-    loss = cosine_loss(teacher, student_features)
-    if rdpp:
+    noisy = shuffle = None
+    if rdpp:  # train.py's RD++ step: a noise patch per image, the SSOT's permutation
+        generator = step_generator(0, 0)
+        noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
         shuffle = torch.randperm(args.batch_size, generator=generator)
-        loss = loss + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, bool(args.ssot))[0]
+    loss = batch_loss(train_student, teacher_forward, teacher, noisy, shuffle, TRAIN_DEFAULTS["weight_proj"], bool(args.ssot), bool(args.amp))
     loss.backward()
     if update:
         optimizer.step()
@@ -231,7 +231,6 @@ else:
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
 # The fixed costs of a train.py process, each timed once after a warm-up call (they happen once per run).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with tempfile.TemporaryDirectory() as tmp:
     imports_seconds = timed(lambda: subprocess.run([sys.executable, "-c", "import train"], cwd=ROOT, check=True), 1)
     teacher_file = os.path.join(tmp, "teacher.pth")  # a torchvision state dict, what weights=imagenet loads
@@ -270,7 +269,7 @@ epochs, n_images = 200, 280
 train_seconds = epochs * n_images / train_ips
 startup_seconds = imports_seconds + build_seconds
 data_seconds = n_images * (decode_seconds + cache_seconds / args.batch_size)
-n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's default cadence, then the last one
+n_background = int(train_seconds // (TRAIN_DEFAULTS["save_minutes"] * 60))  # train.py's default cadence, then the last one
 checkpoint_seconds = n_background * background_seconds + write_seconds
 projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
@@ -288,5 +287,5 @@ print(f"checkpoint: {checkpoint_bytes / 2**20:.0f} MiB, written in {write_second
       f"{beside_seconds:+.2f} s more than {k} steps alone)")
 print(f"projected: one category ({n_images} images x {epochs} epochs) takes {projected / 60:.1f} min = start-up {startup_seconds:.0f} s "
       f"+ data and cache {data_seconds:.0f} s + training {train_seconds:.0f} s + {n_background + 1} checkpoints "
-      f"(every save_minutes={train.save_minutes:g} and the last) {checkpoint_seconds:.1f} s, "
+      f"(every save_minutes={TRAIN_DEFAULTS['save_minutes']:g} and the last) {checkpoint_seconds:.1f} s, "
       f"{100 * checkpoint_seconds / projected:.2f}% of the time")

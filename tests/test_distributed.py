@@ -20,10 +20,12 @@ import sys
 import torch
 
 from conftest import ROOT, SMALL, run_script
-from dataset import load_train_images, normalize
+from dataset import load_train_images
 from model import MultiProjection, build_model
-from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss, projection_loss
+from model.projection import ProjectedStudent
+from pseudo_anomalies import SimplexPatches, step_generator
 
 SEED, SIZE, WORLD_SIZE = 42, 64, 2
 
@@ -124,7 +126,7 @@ def run_torchrun(tmp_path, args):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.count(f"on cpu x {WORLD_SIZE} processes") == 1  # only rank 0 logs
-    assert sorted(os.listdir(ddp_dir / "stripes")) == ["checkpoint.pth", "config.json"]  # only rank 0 writes
+    assert sorted(os.listdir(ddp_dir / "stripes")) == ["checkpoint.pth", "config.json", "loss.csv"]  # only rank 0 writes
     rank0, rank1 = (torch.load(record_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE))
     assert all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True)), "the two processes ended with different parameters"
     no_syncs = [int((record_dir / f"no_sync{r}.txt").read_text()) for r in range(WORLD_SIZE)]

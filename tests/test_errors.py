@@ -510,7 +510,7 @@ def output_inputs(data_root, tmp_path):
 
 @pytest.mark.parametrize("kind", ["under_a_file", "read_only", "folder_in_the_way"])
 @pytest.mark.parametrize("entry_point", OUTPUTS)
-def test_unwritable_output_fails_before_the_work(output_inputs, tmp_path, monkeypatch, entry_point, kind):
+def test_unwritable_output_fails_before_the_work(output_inputs, tmp_path, entry_point, kind):
     """An output location under a regular file, on a file system that takes no new files (/proc: as root,
     permission bits stop nothing), or with a folder where a file goes: one line naming it, before the work."""
     command, in_the_way = OUTPUTS[entry_point]
@@ -525,9 +525,6 @@ def test_unwritable_output_fails_before_the_work(output_inputs, tmp_path, monkey
         named.mkdir(parents=True)
     before = listing(tmp_path)
     args = command(out, output_inputs)
-    if entry_point == "sweep":  # it sets the settings of the module train: a fresh one, dropped afterwards
-        import train  # noqa: F401  (in sys.modules now, so that monkeypatch puts this one back)
-        monkeypatch.delitem(sys.modules, "train")
     if entry_point == "predict_onnx":  # in a process where torch cannot be imported
         result = run_script("-c", WITHOUT_TORCH, *args, check=False)
     else:
