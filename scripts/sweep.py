@@ -90,7 +90,8 @@ def read_json(path):
 
 def requested_config(train_config, category):
     keys = COMPARED_KEYS + (train_script.rdpp_resume_keys if train_config["method"] == "rd++" else [])
-    requested = {k: as_json(category if k == "category" else train_config[k]) for k in keys}
+    run_settings = {"category": category, "categories": [category]}  # what train.py --category=C records
+    requested = {k: as_json(run_settings.get(k, train_config[k])) for k in keys}
     if train_config["official_epochs"] and category in OFFICIAL_EPOCHS:  # train.py trains (and records) these
         requested["epochs"] = OFFICIAL_EPOCHS[category]
     return requested
@@ -99,7 +100,8 @@ def requested_config(train_config, category):
 def differences(trained, requested):
     """'name=trained (requested value)' for each requested setting a run was not made with."""
     trained = {"method": "rd", **(trained or {})}  # runs from before RD++ was added are RD's
-    return [f"{k}={trained.get(k)!r} (requested {v!r})" for k, v in requested.items() if as_json(trained.get(k)) != v]
+    saved = {k: train_script.saved_setting(trained, k) for k in requested}  # settings added since: their value then
+    return [f"{k}={saved[k]!r} (requested {v!r})" for k, v in requested.items() if as_json(saved[k]) != v]
 
 
 def category_state(out_dir, category, requested):
@@ -194,7 +196,7 @@ def build_table(out_dir, data_root, requested_categories, train_config):
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
     lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
              + (f" ({known.name})" if known else ""), "",
-             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
+             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k not in ("category", "categories"))
              + ". "
              f"{counts['done']} of {len(columns)} categories done"
              + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")

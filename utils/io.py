@@ -1,11 +1,15 @@
 """
 Files that train.py and test.py share: where a run's checkpoint lives, its atomic saving, safe loading.
 
+A run's folder is <out_dir>/<run name>: the category for a one-category model, and for a model of several
+categories (the unified setting) run_name(categories).
+
 Checkpoints are written with utils.files.atomic_write (a crash, Ctrl-C or a full disk leaves the old file or the
 new one, never half of one), by CheckpointWriter in a background thread so that the training steps go on while it
 writes, and loaded with weights_only=True (a file that would run code while unpickling is refused).
 """
 
+import hashlib
 import os
 import pickle
 import re
@@ -16,6 +20,22 @@ import torch
 
 from utils.config import ConfigError
 from utils.files import atomic_write, first_line
+
+
+MAX_RUN_NAME = 64
+
+
+def run_name(categories):
+    """The run folder's name for a model of these categories: the category for one; for several the sorted names
+    joined by '+' (bottle+cable+screw), or, when that would be longer than 64 characters or a name holds a '+',
+    unified_<n>_categories_<the first 8 hex digits of the sha256 of the sorted names joined by commas>."""
+    names = sorted(categories)
+    if len(names) == 1:
+        return names[0]
+    joined = "+".join(names)
+    if len(joined) <= MAX_RUN_NAME and not any("+" in n for n in names):
+        return joined
+    return f"unified_{len(names)}_categories_{hashlib.sha256(','.join(names).encode()).hexdigest()[:8]}"
 
 
 def run_dir(out_dir, category):
