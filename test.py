@@ -1,7 +1,10 @@
 """
-Evaluate a Reverse Distillation (RD or RD++) checkpoint on one category's test split.
+Evaluate a Reverse Distillation (RD or RD++) checkpoint on one category's test split, or a unified checkpoint (one
+model of several categories, train.py --categories=...) on each of its categories' test splits.
 
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth
+    $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth                  # every category, then the mean
+    $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth --category=cable  # one of them
     $ python test.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
     $ python test.py --checkpoint=rdpp_bottle.pth --data_root=data/mvtec --category=bottle     # official RD++ checkpoint
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth --save_images=3   # + 3 picture strips per defect type
@@ -22,6 +25,11 @@ With --images=DIR it scores every image of DIR instead (the test split is not lo
 predict/<file name>.png (input | heatmap) per image. The threshold is --threshold, or the F1-max threshold
 (image_f1_threshold) of the evaluation of this checkpoint in results.json: evaluate first.
 
+A unified checkpoint writes each category's files to <out_dir>/<run name>/<category>/ and the mean over its
+categories to <out_dir>/<run name>/results.json (unified_results.py); a category scores the same whether it is
+evaluated alone (--category=X) or with the others. With --images=DIR it needs --category=X (whose threshold it
+takes, writing <run name>/<X>/predict/) or --threshold.
+
 Heatmaps are comparable across a category: the colormap spans the min..max of all the test set's anomaly
 maps (saved as heatmap_range in results.json and reused by --images), not each image's own range.
 
@@ -39,10 +47,11 @@ import torch
 
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
+from unified_results import write_mean
 from utils.anomaly_map import inference_network, predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, write_csv
-from utils.io import load_checkpoint, run_dir
+from utils.io import load_checkpoint, run_dir, run_name
 from utils.metrics import compute_metrics
 from utils.seeding import resolve_device
 from utils.visualize import evaluation_strip, prediction_strip, save_png
@@ -50,7 +59,7 @@ from utils.visualize import evaluation_strip, prediction_strip, save_png
 # -----------------------------------------------------------------------------
 checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
 data_root = ""  # default: the checkpoint's training data_root
-category = ""  # default: the checkpoint's category
+category = ""  # default: the checkpoint's category; of a unified checkpoint: every category it was trained on
 out_dir = ""  # default: the checkpoint's out_dir ('runs' for official checkpoints)
 weights = ""  # teacher weights, default: the checkpoint's ('imagenet' for official checkpoints)
 backbone = ""  # default: the checkpoint's ('wide_resnet50_2' for official checkpoints)
@@ -66,6 +75,8 @@ threshold = None  # --images: a score >= threshold is anomalous; None: image_f1_
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+
+SHOWN = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")  # the metrics printed
 
 # what an official checkpoint, which carries no config, was trained with
 OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
@@ -84,16 +95,32 @@ def resolve_settings(ckpt):
     """Command-line settings win where the checkpoint has none; where it has one, they must agree with it."""
     trained = ckpt.get("config", OFFICIAL_CONFIG)
     settings = {}
-    for name in ("data_root", "category", "out_dir", "weights", "backbone", "image_size"):
+    for name in ("data_root", "out_dir", "weights", "backbone", "image_size"):
         given, saved = globals()[name], trained.get(name)
         if name in ("backbone", "image_size") and given and "config" in ckpt and given != saved:
             raise ConfigError(f"--{name}={given}: {checkpoint} was trained with {name}={saved}")
         settings[name] = given or saved
         if not settings[name] and not (name == "data_root" and images):  # scoring a folder needs no data_root
             raise ConfigError(f"--{name} is required: {checkpoint} does not say which {name} it was trained on")
+    # the categories it was trained on: a unified checkpoint lists them, a one-category one names its category
+    settings["categories"] = trained.get("categories") or [c for c in [trained.get("category") or category] if c]
+    if not settings["categories"]:
+        raise ConfigError(f"--category is required: {checkpoint} does not say which category it was trained on")
+    unified = len(settings["categories"]) > 1
+    if unified and category and category not in settings["categories"]:
+        raise ConfigError(f"--category={category}: {checkpoint} was trained on {', '.join(settings['categories'])}, not on it")
+    # "" for a unified checkpoint without --category: all of them
+    settings["category"] = category or ("" if unified else settings["categories"][0])
     settings["seed"] = trained.get("seed", 0)
     settings["method"] = checkpoint_method(ckpt)
     return settings
+
+
+def category_folder(settings, name):
+    """Where a category's results go: <out_dir>/<category>, or <out_dir>/<run name>/<category> for a unified checkpoint."""
+    if len(settings["categories"]) > 1:
+        return os.path.join(run_dir(settings["out_dir"], run_name(settings["categories"])), name)
+    return run_dir(settings["out_dir"], name)
 
 
 def load_network(ckpt, settings, dev):
@@ -127,6 +154,12 @@ def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range
     return sum(written.values())
 
 
+def same_evaluation(saved, settings):
+    """Whether a results.json is of this checkpoint at the current image_size and map_mode."""
+    return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint)
+            and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
+
+
 def load_evaluation(folder, settings):
     """results.json of this checkpoint's evaluation at the current image_size and map_mode, or {} if none."""
     path = os.path.join(folder, "results.json")
@@ -137,9 +170,7 @@ def load_evaluation(folder, settings):
             saved = json.load(f)
     except ValueError:
         raise ConfigError(f"{path}: not valid JSON; evaluate again with python test.py --checkpoint={checkpoint}") from None
-    same = (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint)
-            and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
-    return saved if same else {}
+    return saved if same_evaluation(saved, settings) else {}
 
 
 def score_folder(ckpt, settings, dev):
@@ -149,7 +180,10 @@ def score_folder(ckpt, settings, dev):
     paths = list_images(images)
     if not paths:
         raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    folder = run_dir(settings["out_dir"], settings["category"])
+    if not settings["category"] and threshold is None:
+        raise ConfigError(f"images={images}: {checkpoint} is a model of {', '.join(settings['categories'])}; pass "
+                          "--category=<one of them> to use its threshold, or --threshold=VALUE")
+    folder = category_folder(settings, settings["category"]) if settings["category"] else run_dir(settings["out_dir"], run_name(settings["categories"]))
     evaluation = load_evaluation(folder, settings)
     image_threshold = threshold if threshold is not None else evaluation.get("image_f1_threshold")
     if image_threshold is None:
@@ -196,20 +230,38 @@ def main():
     settings = resolve_settings(ckpt)
     if images:
         return score_folder(ckpt, settings, dev)
-    test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
-    if masks is None:
-        print(f"{settings['category']}: no ground_truth folder: evaluated on image labels from the test folder names "
-              "(good = normal, any other = anomalous); pixel metrics are not computed")
-    network = load_network(ckpt, settings, dev)
+    unified = len(settings["categories"]) > 1
+    network = None  # built after the first test set is read: bad data fails before the teacher is built
+    for name in [settings["category"]] if settings["category"] else settings["categories"]:
+        test_set = load_test_set(settings["data_root"], name, settings["image_size"])
+        if network is None:
+            network = load_network(ckpt, settings, dev)
+        evaluate(ckpt, settings, network, name, test_set)
+    if unified:
+        run_folder = run_dir(settings["out_dir"], run_name(settings["categories"]))
+        trained_with = json.loads(json.dumps(ckpt.get("config")))  # as results.json holds it (tuples become lists)
+        mean = write_mean(run_folder, settings["categories"], lambda saved: same_evaluation(saved, settings) and saved.get("train_config") == trained_with,
+                          {"checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "image_size": settings["image_size"],
+                           "map_mode": map_mode, "train_config": ckpt.get("config")})
+        print(f"mean over {len(mean['evaluated'])} of {len(mean['categories'])} categories" + (f" (missing: {', '.join(mean['missing'])})" if mean["missing"] else "")
+              + ": " + " | ".join(f"{k} {mean[k]:.3f}" if mean[k] is not None else f"{k} n/a" for k in SHOWN))
+        print(f"wrote {os.path.join(run_folder, 'results.json')}")
 
+
+def evaluate(ckpt, settings, network, name, test_set):
+    """Score one category's test set, write its results.json, scores.csv and picture strips, print its metrics."""
+    test_images, masks, labels, paths = test_set
+    if masks is None:
+        print(f"{name}: no ground_truth folder: evaluated on image labels from the test folder names "
+              "(good = normal, any other = anomalous); pixel metrics are not computed")
     t0 = time.time()
     maps, scores = predict(network, test_images, batch_size, map_mode, amp, compile)  # (N,S,S), (N,)
     predict_seconds = time.time() - t0
     metrics = compute_metrics(scores, labels, maps, masks)
 
-    folder = run_dir(settings["out_dir"], settings["category"])
+    folder = category_folder(settings, name)
     results = {
-        "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
+        "category": name, **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],
         "image_size": settings["image_size"], "map_mode": map_mode, "seconds_per_image": predict_seconds / len(labels),
         "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
@@ -218,11 +270,10 @@ def main():
     atomic_write_json(os.path.join(folder, "results.json"), results)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
               ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
-    shown = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
-    print(f"{settings['category']} ({settings['method']}): " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in shown))
-    for name, reason in metrics["undefined"].items():
-        if masks is not None or not name.startswith("pixel_"):  # without masks: said once when the test set was loaded
-            print(f"  {name} undefined: {reason}")
+    print(f"{name} ({settings['method']}): " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in SHOWN))
+    for metric, reason in metrics["undefined"].items():
+        if masks is not None or not metric.startswith("pixel_"):  # without masks: said once when the test set was loaded
+            print(f"  {metric} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")
     if save_images:
         n_strips = save_test_strips(folder, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])
