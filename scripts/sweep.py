@@ -7,12 +7,19 @@ Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every ca
     $ python scripts/sweep.py --gpus=0,1 --force=1                         # two GPUs; retrain what is finished
     $ python scripts/sweep.py --table_only=1 --out_dir=runs --epochs=50    # rebuild runs/results.md, run nothing
     $ python scripts/sweep.py --method=rd++ --official_epochs=1 --out_dir=runs_rdpp   # RD++ with its official epochs
+    $ python scripts/sweep.py --unified=1 --protocol=ader --out_dir=runs_unified      # one model of all categories
 
 Per category C: `python train.py --category=C --resume=1 ...`, then `python test.py --checkpoint=<out_dir>/C/checkpoint.pth
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
 skipped; an interrupted one resumes from its checkpoint; one that fails is reported and the others go on. With several
 GPUs one category runs per GPU at a time. <out_dir>/results.md is rebuilt from the per-category files after every
 category. Exit status: 0 all done, 1 some category failed, 2 bad settings, 128+signal when interrupted (Ctrl-C).
+
+With --unified=1 it trains ONE model of all the categories instead (`train.py --categories=a,b,c --resume=1`, logged
+to <out_dir>/<run name>/log.txt, skipped once done), then evaluates it on each category (`test.py --category=C`, logged
+to <out_dir>/<run name>/C/log.txt), each category skipped when done, failing alone, one per GPU at a time; the tables
+have one row for that model, per category and the mean, beside ADer's published unified rows where the categories are
+a whole dataset ADer benchmarks. <run name> is utils/io.run_name of the categories (a+b+c, or unified_<n>_categories_<hash>).
 """
 
 import json
@@ -33,10 +40,10 @@ import torch  # noqa: E402
 
 import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
 import train as train_script  # noqa: E402
-from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
+from known_datasets import DATASETS, dataset_for  # noqa: E402  (scripts/, this script's folder)
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
-from utils.io import ckpt_path, run_dir  # noqa: E402
+from utils.io import ckpt_path, run_dir, run_name  # noqa: E402
 from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -44,8 +51,9 @@ categories = ""  # comma-separated folder names under data_root; default: the kn
 gpus = ""  # comma-separated GPU ids, one category per id at a time (an id may repeat); default: every visible GPU
 force = False  # retrain categories that have results (train.py --overwrite=1) instead of skipping or resuming them
 table_only = False  # only rebuild <out_dir>/results.md from the finished categories; run nothing
+unified = False  # one model of all the categories (train.py --categories=...), evaluated on each; results in <out_dir>/<run name>/
 # -----------------------------------------------------------------------------
-sweep_keys = ["categories", "gpus", "force", "table_only"]
+sweep_keys = ["categories", "gpus", "force", "table_only", "unified"]
 # settings the sweep gives each run itself
 SET_BY_SWEEP = {
     "category": "pick categories with --categories=a,b",
@@ -71,6 +79,23 @@ MEAN_ONLY = {  # (label, {metric: 15-category mean})
     "paper_pro": ("paper's PRO (per-image, official script; not AUPRO), 15-category mean", {"pixel_aupro": .939}),
     "rdpp": ("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score", {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499}),
 }
+# ADer's published unified (one model per dataset) means, 100 epochs, from github.com/zhangzjn/ADer at commit 902937a,
+# configs/benchmark/README.md: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD (in %).
+ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "pixel_iou_max", "mad")
+ADER_UNIFIED = {  # (known_datasets key, method): row
+    ("mvtec_ad", "rd"): (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
+    ("mvtec_ad", "rd++"): (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2),
+    ("visa", "rd"): (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
+    ("visa", "rd++"): (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7),
+    ("mvtec_3d", "rd"): (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
+    ("mvtec_3d", "rd++"): (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4),
+    ("mvtec_loco", "rd"): (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
+    ("mvtec_loco", "rd++"): (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2),
+    ("btad", "rd"): (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
+    ("btad", "rd++"): (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3),
+    ("mpdd", "rd"): (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
+    ("mpdd", "rd++"): (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3),
+}
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
           ("AUPRO", "pixel_aupro")]
 
@@ -88,11 +113,14 @@ def read_json(path):
         return None
 
 
-def requested_config(train_config, category):
+def requested_config(train_config, category, unified_categories=None):
+    """The settings a category's results must have been trained with; for a unified run (unified_categories, the
+    sorted list) what train.py --categories=... records."""
     keys = COMPARED_KEYS + (train_script.rdpp_resume_keys if train_config["method"] == "rd++" else [])
-    run_settings = {"category": category, "categories": [category]}  # what train.py --category=C records
+    run_settings = ({"category": "", "categories": unified_categories} if unified_categories
+                    else {"category": category, "categories": [category]})  # what train.py --category=C records
     requested = {k: as_json(run_settings.get(k, train_config[k])) for k in keys}
-    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS:  # train.py trains (and records) these
+    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS and not unified_categories:  # train.py trains (and records) these
         requested["epochs"] = OFFICIAL_EPOCHS[category]
     return requested
 
@@ -104,10 +132,16 @@ def differences(trained, requested):
     return [f"{k}={saved[k]!r} (requested {v!r})" for k, v in requested.items() if as_json(saved[k]) != v]
 
 
-def category_state(out_dir, category, requested):
-    """(state, results, sweep_info): state is done | failed | running | interrupted | other settings | not run.
-    The latest sweep attempt has the last word: a category being redone or that failed shows no older numbers."""
-    folder = run_dir(out_dir, category)
+def result_folder(out_dir, category, run=None):
+    """Where a category's results.json, sweep.json and log.txt are: <out_dir>/<category>, or <out_dir>/<run>/<category>
+    for the categories of a unified run."""
+    return os.path.join(out_dir, run, category) if run else run_dir(out_dir, category)
+
+
+def category_state(folder, requested):
+    """(state, results, sweep_info) of the category whose files are in folder: state is done | failed | running |
+    interrupted | other settings | not run. The latest sweep attempt has the last word: a category being redone or
+    that failed shows no older numbers."""
     info = read_json(os.path.join(folder, "sweep.json"))
     results = read_json(os.path.join(folder, "results.json"))
     if info and not differences(info.get("config"), requested) and info.get("status") != "done":
@@ -154,6 +188,18 @@ def our_row(label, key, columns, states):
     return [label, average_cell(values, len(columns)), *cells]
 
 
+def unified_rows(key, columns, states, backbone, method):
+    """A unified run's rows for one metric: ours, then ADer's published mean of the same method when the categories are
+    all of a dataset it benchmarks (one-category references would not compare)."""
+    rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone}), one model of the {len(columns)} categories", key, columns, states)]
+    known = dataset_for(columns)
+    dataset = next((k for k, d in DATASETS.items() if d is known), None)
+    if known and set(known.categories) == set(columns) and (dataset, method) in ADER_UNIFIED:
+        value = ADER_UNIFIED[dataset, method][ADER_COLUMNS.index(key)] / 100
+        rows.append([f"ADer benchmark, {METHOD_LABELS[method]}, one model of {known.name}, 100 epochs (mean)", f"{value:.3f}", *([""] * len(columns))])
+    return rows
+
+
 def metric_rows(key, columns, states, backbone, method):
     """Our row for one metric, then the reference rows (MVTec categories only)."""
     rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
@@ -179,14 +225,17 @@ def metric_rows(key, columns, states, backbone, method):
     return rows
 
 
-def build_table(out_dir, data_root, requested_categories, train_config):
-    """results.md's text, from <out_dir>/<category>/{results,sweep}.json alone."""
-    states = {c: category_state(out_dir, c, requested_config(train_config, c)) for c in requested_categories}
+def build_table(out_dir, data_root, requested_categories, train_config, run=None):
+    """results.md's text, from <out_dir>/<category>/{results,sweep}.json alone; for a unified run (its name `run`),
+    from <out_dir>/<run>/sweep.json and <out_dir>/<run>/<category>/{results,sweep}.json."""
+    unified_categories = sorted(requested_categories) if run else None
+    states = {c: category_state(result_folder(out_dir, c, run), requested_config(train_config, c, unified_categories))
+              for c in requested_categories}
     # also categories made with the same settings by other sweeps into this out_dir (e.g. the jobs of a Slurm array)
-    if os.path.isdir(out_dir):
+    if os.path.isdir(out_dir) and not run:
         for name in sorted(os.listdir(out_dir)):
             if name not in states and os.path.isdir(os.path.join(out_dir, name)):
-                state = category_state(out_dir, name, requested_config(train_config, name))
+                state = category_state(run_dir(out_dir, name), requested_config(train_config, name))
                 if state[0] not in ("not run", "other settings"):
                     states[name] = state
     columns = ordered(states)
@@ -200,14 +249,23 @@ def build_table(out_dir, data_root, requested_categories, train_config):
              + ". "
              f"{counts['done']} of {len(columns)} categories done"
              + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
-             + f". Per category: {out_dir}/<category>/ (results.json, log.txt). "
-             f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
+             + (f". One model of all {len(columns)} categories: {out_dir}/{run}/ (checkpoint.pth, log.txt, results.json: the mean), "
+                f"per category: {out_dir}/{run}/<category>/ (results.json, log.txt). " if run else
+                f". Per category: {out_dir}/<category>/ (results.json, log.txt). ")
+             + f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
     for name, key in TABLES:
-        lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"])), ""]
-        if key == "pixel_auroc" and any(c in MVTEC for c in columns):
+        rows = (unified_rows if run else metric_rows)(key, columns, states, cfg["backbone"], cfg["method"])
+        lines += [f"## {name}", "", *markdown_table(header, rows), ""]
+        if key == "pixel_auroc" and any(c in MVTEC for c in columns) and not run:
             lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
                       "average 0.9735; its Avg here is the mean of the values in its row.", ""]
-    if any(c in MVTEC for c in columns):
+    if run and any(len(unified_rows(key, columns, states, cfg["backbone"], cfg["method"])) > 1 for _, key in TABLES):
+        lines += ["Reference rows: ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a), "
+                  "one model per dataset, shown only when the categories are all of that dataset; its RD uses other "
+                  "teacher weights and a narrower OCBE, and binned pixel metrics. Our rows come from test.py's results.json.", ""]
+    elif run:
+        lines += ["No reference rows: ADer's benchmark publishes unified rows for whole datasets only.", ""]
+    elif any(c in MVTEC for c in columns):
         lines += ["Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
                   "RD++ report only 15-category means. Our rows come from test.py's results.json.", ""]
     elif known:
@@ -221,7 +279,18 @@ def build_table(out_dir, data_root, requested_categories, train_config):
         return info.get(key) if state == "done" and info and info.get(key) is not None else None
 
     wall_rows = []
-    for label, keys in (("train", ["train_seconds"]), ("test", ["test_seconds"]), ("train + test", ["train_seconds", "test_seconds"])):
+    if run:  # one training for all the categories, then an evaluation per category
+        train_info = read_json(os.path.join(out_dir, run, "sweep.json")) or {}
+        train_seconds = train_info.get("train_seconds") if train_info.get("status") == "done" else None
+        tests = [seconds(c, "test_seconds") for c in columns]
+        known = [v for v in tests if v is not None]
+        test_total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
+        wall_rows = [["train (s), all categories", f"{train_seconds:.1f}" if train_seconds is not None else "-", *([""] * len(columns))],
+                     ["test (s)", test_total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
+                                                for c, v in zip(columns, tests))]]
+        if train_seconds is not None and known:
+            wall_rows.append(["train + test (s)", f"{train_seconds + sum(known):.1f}", *([""] * len(columns))])
+    for label, keys in () if run else (("train", ["train_seconds"]), ("test", ["test_seconds"]), ("train + test", ["train_seconds", "test_seconds"])):
         values = [None if any(seconds(c, k) is None for k in keys) else sum(seconds(c, k) for k in keys) for c in columns]
         known = [v for v in values if v is not None]
         total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
@@ -233,7 +302,8 @@ def build_table(out_dir, data_root, requested_categories, train_config):
 
     notes = [f"- {c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
     notes += [f"- {c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
-    notes += [f"- {c}: results.json is from other settings, not shown: {', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c)))}"
+    notes += [f"- {c}: results.json is from other settings, not shown: "
+              f"{', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c, unified_categories)))}"
               for c in columns if states[c][0] == "other settings"]
     if notes:
         lines += ["## Notes", "", *notes, ""]
@@ -246,9 +316,11 @@ def build_table(out_dir, data_root, requested_categories, train_config):
 class Sweep:
     """What the worker threads share: the settings, the child processes running, the signals received, the failures."""
 
-    def __init__(self, out_dir, data_root, requested_categories, train_config, train_args, test_args):
+    def __init__(self, out_dir, data_root, requested_categories, train_config, train_args, test_args, run=None):
         self.out_dir, self.data_root, self.categories = out_dir, data_root, requested_categories
         self.train_config, self.train_args, self.test_args = train_config, train_args, test_args
+        self.run = run  # a unified run's name: one model of all the categories in <out_dir>/<run>/
+        self.unified_categories = sorted(requested_categories) if run else None
         self.lock = threading.Lock()  # whole lines on stdout, one table writer at a time
         self.children = set()
         self.stop_signals = []
@@ -260,8 +332,8 @@ class Sweep:
 
     def write_table(self):
         with self.lock:
-            text = build_table(self.out_dir, self.data_root, self.categories, self.train_config)
-            atomic_write_text(os.path.join(self.out_dir, "results.md"), text + "\n")
+            text = build_table(self.out_dir, self.data_root, self.categories, self.train_config, self.run)
+            atomic_write_text(table_path(self.out_dir, self.run), text + "\n")
         return text
 
     def on_signal(self, signum, _frame):
@@ -294,6 +366,7 @@ class Sweep:
         return status, time.time() - start
 
     def run_category(self, category, gpu):
+        """Train and test one category into <out_dir>/<category>/ (the per-category sweep)."""
         folder = run_dir(self.out_dir, category)
         os.makedirs(folder, exist_ok=True)
         log_path, checkpoint = os.path.join(folder, "log.txt"), ckpt_path(self.out_dir, category)
@@ -313,12 +386,19 @@ class Sweep:
         info.update(train_seconds=carried + seconds, train_exit=status)
         step = "train"
         if status == 0 and not self.stop_signals:
-            test = [sys.executable, os.path.join(ROOT, "test.py"), f"--checkpoint={checkpoint}", *self.test_args]
-            status, seconds = self.run_logged(test, log_path, gpu)
-            info.update(test_seconds=seconds, test_exit=status)
-            step = "test"
-        elapsed = time.time() - start
+            status, step = self.test(category, checkpoint, log_path, gpu, info), "test"
+        self.conclude(category, folder, info, requested, status, step, time.time() - start)
 
+    def test(self, category, checkpoint, log_path, gpu, info):
+        """test.py on one category of the checkpoint; its exit status, its time in info."""
+        test = [sys.executable, os.path.join(ROOT, "test.py"), f"--checkpoint={checkpoint}",
+                *([f"--category={category}"] if self.run else []), *self.test_args]
+        status, seconds = self.run_logged(test, log_path, gpu)
+        info.update(test_seconds=seconds, test_exit=status)
+        return status
+
+    def conclude(self, category, folder, info, requested, status, step, elapsed):
+        """Record how a category's attempt ended (sweep.json), rebuild the table, say it."""
         results = read_json(os.path.join(folder, "results.json"))
         if self.stop_signals and (status != 0 or step == "train"):
             info["status"] = "interrupted"
@@ -334,15 +414,65 @@ class Sweep:
             message = f"{category} done in {elapsed:.1f}s: " + " ".join(
                 f"{k} {results[k]:.3f}" if results.get(k) is not None else f"{k} n/a" for _, k in TABLES)
         if info["status"] == "failed":
-            with open(log_path, errors="replace") as log:
+            with open(info["log"], errors="replace") as log:
                 info["log_tail"] = log.read().splitlines()[-20:]
             last = [line for line in info["log_tail"] if line.strip() and not line.startswith("==== ")][-3:]
-            message = "\n".join([f"{category} FAILED after {elapsed:.1f}s ({info['reason']}), log: {log_path}",
+            message = "\n".join([f"{category} FAILED after {elapsed:.1f}s ({info['reason']}), log: {info['log']}",
                                  *(f"    {line}" for line in last)])
             self.failed.append(category)
         atomic_write_json(os.path.join(folder, "sweep.json"), info)
         self.write_table()
         self.say(message)
+
+    def train_unified(self, gpu):
+        """Train the one model of all the categories into <out_dir>/<run>/, unless it is done; True if it is then."""
+        folder = os.path.join(self.out_dir, self.run)
+        os.makedirs(folder, exist_ok=True)
+        log_path, checkpoint = os.path.join(folder, "log.txt"), ckpt_path(self.out_dir, self.run)
+        requested = requested_config(self.train_config, "", self.unified_categories)
+        previous = read_json(os.path.join(folder, "sweep.json")) or {}
+        same = not differences(previous.get("config"), requested)
+        if not force and same and previous.get("status") == "done" and os.path.exists(checkpoint):
+            self.say(f"skip training {self.run}: {checkpoint} is done (use --force=1 to retrain)")
+            return True
+        resuming = not force and os.path.exists(checkpoint)
+        carried = (previous.get("train_seconds") or 0.0) if resuming and same else 0.0
+        info = {"status": "running", "config": requested, "log": log_path, "gpu": gpu, "train_seconds": carried}
+        atomic_write_json(os.path.join(folder, "sweep.json"), info)
+        self.say(f"start training {self.run}, one model of {len(self.categories)} categories" + (f" on GPU {gpu}" if gpu is not None else "")
+                 + (" (resuming its checkpoint)" if resuming else ""))
+        train = [sys.executable, os.path.join(ROOT, "train.py"), f"--categories={','.join(self.unified_categories)}",
+                 "--overwrite=1" if force else "--resume=1", *self.train_args]
+        status, seconds = self.run_logged(train, log_path, gpu)
+        info.update(train_seconds=carried + seconds, train_exit=status,
+                    status="interrupted" if self.stop_signals else "done" if status == 0 else "failed")
+        atomic_write_json(os.path.join(folder, "sweep.json"), info)
+        if info["status"] == "done":
+            self.say(f"{self.run} trained in {seconds:.1f}s")
+        elif info["status"] == "interrupted":
+            self.say(f"{self.run} interrupted after {seconds:.1f}s; rerun the same command to resume it")
+        else:  # every category's evaluation needs this model: they all fail with it
+            for category in self.categories:
+                folder = result_folder(self.out_dir, category, self.run)
+                os.makedirs(folder, exist_ok=True)
+                atomic_write_json(os.path.join(folder, "sweep.json"), {"status": "failed", "reason": f"train exited {status}",
+                                                                        "config": requested, "log": log_path})
+            self.failed += self.categories
+            self.say(f"{self.run} training FAILED after {seconds:.1f}s (train exited {status}), log: {log_path}")
+        self.write_table()
+        return info["status"] == "done"
+
+    def test_unified(self, category, gpu):
+        """Evaluate the unified model on one category into <out_dir>/<run>/<category>/."""
+        folder = result_folder(self.out_dir, category, self.run)
+        os.makedirs(folder, exist_ok=True)
+        info = {"status": "running", "config": requested_config(self.train_config, category, self.unified_categories),
+                "log": os.path.join(folder, "log.txt"), "gpu": gpu, "train_seconds": None, "test_seconds": None}
+        atomic_write_json(os.path.join(folder, "sweep.json"), info)
+        self.say(f"start {category}" + (f" on GPU {gpu}" if gpu is not None else ""))
+        start = time.time()
+        status = self.test(category, ckpt_path(self.out_dir, self.run), info["log"], gpu, info)
+        self.conclude(category, folder, info, info["config"], status, "test", time.time() - start)
 
     def worker(self, gpu, todo):
         while not self.stop_signals:
@@ -351,7 +481,7 @@ class Sweep:
             except queue.Empty:
                 return
             try:
-                self.run_category(category, gpu)
+                (self.test_unified if self.run else self.run_category)(category, gpu)
             except Exception as e:  # the sweep's own error (e.g. a full disk): the exit status must still say so
                 self.failed.append(category)
                 self.say(f"{category} FAILED: the sweep could not run it ({type(e).__name__}: {e})")
@@ -383,6 +513,7 @@ def parse_args(argv):
             test_args.append(arg)
     train_config = {k: getattr(train_script, k) for k in train_keys}
     apply_overrides(train_config, train_args, train_keys)
+    train_script.apply_protocol(train_config, train_args)  # --protocol=ader's values, as train.py will set them
     apply_overrides({k: getattr(test_script, k) for k in test_keys}, test_args, test_keys)
     vars(train_script).update(train_config)  # check_config reads train.py's module settings
     train_script.check_config()
@@ -426,6 +557,22 @@ def gpu_slots(device):
     return (visible.split(",")[:count] if visible else [str(i) for i in range(count)]) or [None]
 
 
+def table_path(out_dir, run=None):
+    """results.md: <out_dir>/results.md, or <out_dir>/<run>/results.md for a unified run."""
+    return os.path.join(out_dir, run, "results.md") if run else os.path.join(out_dir, "results.md")
+
+
+def unified_run(names):
+    """The unified run's name for these categories, or None without --unified=1."""
+    if not unified:
+        return None
+    if len(names) < 2:
+        raise ConfigError(f"--unified=1: one model of several categories, but there is only {', '.join(names) or 'none'}")
+    if train_script.official_epochs:
+        raise ConfigError("--official_epochs=1: the official epochs are per category; a unified model has one number of --epochs")
+    return run_name(names)
+
+
 def main():
     train_args, test_args, train_config = parse_args(sys.argv[1:])
     data_root, out_dir = train_config["data_root"], train_config["out_dir"]
@@ -434,25 +581,30 @@ def main():
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
-        text = build_table(out_dir, data_root, ordered(names), train_config)
-        atomic_write_text(os.path.join(out_dir, "results.md"), text + "\n")
+        run = unified_run(names)
+        text = build_table(out_dir, data_root, ordered(names), train_config, run)
+        atomic_write_text(table_path(out_dir, run), text + "\n")
         print(text)
-        print(f"wrote {os.path.join(out_dir, 'results.md')}")
+        print(f"wrote {table_path(out_dir, run)}")
         return
     names = find_categories(data_root)
+    run = unified_run(names)
     slots = gpu_slots(train_config["device"])
-    sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args)
+    sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run)
     todo = queue.Queue()
     for category in names:
-        if not force and category_state(out_dir, category, requested_config(train_config, category))[0] == "done":
+        requested = requested_config(train_config, category, sweep.unified_categories)
+        if not force and category_state(result_folder(out_dir, category, run), requested)[0] == "done":
             print(f"skip {category}: results.json exists (use --force=1 to redo)")
         else:
             todo.put(category)
     where = "on CPU, one at a time" if slots == [None] else f"on GPUs {','.join(slots)}, one category per GPU at a time"
-    print(f"sweep: {todo.qsize()} of {len(names)} categories to run {where}; logs in {out_dir}/<category>/log.txt", flush=True)
+    print(f"sweep: {todo.qsize()} of {len(names)} categories to run {where}; logs in {result_folder(out_dir, '<category>', run)}/log.txt", flush=True)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, sweep.on_signal)
+    if run and not todo.empty() and not sweep.train_unified(slots[0]):  # the one model first, then its evaluations
+        todo = queue.Queue()
     workers = [threading.Thread(target=sweep.worker, args=(gpu, todo)) for gpu in slots[:max(1, todo.qsize())]]
     for w in workers:
         w.start()
@@ -461,11 +613,12 @@ def main():
             w.join(timeout=0.5)  # short waits: the main thread must stay free to run the signal handler
 
     print("\n" + sweep.write_table(), flush=True)
-    print(f"wrote {os.path.join(out_dir, 'results.md')}")
+    print(f"wrote {table_path(out_dir, run)}")
     if sweep.stop_signals:
         print(f"interrupted by signal {sweep.stop_signals[0]}: rerun the same command to resume (finished categories are skipped)")
     for category in sweep.failed:
-        print(f"failed: {category}, log: {os.path.join(run_dir(out_dir, category), 'log.txt')}")
+        info = read_json(os.path.join(result_folder(out_dir, category, run), "sweep.json")) or {}
+        print(f"failed: {category}, log: {info.get('log', os.path.join(result_folder(out_dir, category, run), 'log.txt'))}")
     if sweep.stop_signals:
         sys.exit(128 + sweep.stop_signals[0])
     if sweep.failed:
