@@ -38,7 +38,7 @@ from dataset import load_test_set, load_train_images, normalize
 from utils.anomaly_map import anomaly_map, predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write, first_line
-from utils.io import load_checkpoint, run_dir
+from utils.io import load_checkpoint
 from utils.metrics import compute_metrics
 from utils.runtimes import FORMAT
 
@@ -106,7 +106,7 @@ def project_version():
 
 def evaluation_metadata(settings):
     """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, printing what it found."""
-    path = os.path.join(run_dir(settings["out_dir"], settings["category"]), "results.json")
+    path = os.path.join(evaluation.category_folder(settings, settings["category"]), "results.json")  # a unified model's: <run>/<category>/
     saved = evaluation.load_evaluation(os.path.dirname(path), settings)
     if saved.get("image_f1_threshold") is None or not saved.get("heatmap_range"):
         reason = f"{path} does not exist" if not os.path.isfile(path) else (
@@ -281,6 +281,9 @@ def main():
         setattr(evaluation, name, globals()[name])  # test.py's settings are its module's globals
     ckpt = load_checkpoint(checkpoint)
     settings = evaluation.resolve_settings(ckpt)
+    if int8 and not settings["category"]:
+        raise ConfigError(f"--int8=1: {checkpoint} is a model of {', '.join(settings['categories'])}; pass --category=<one of them> "
+                          "to calibrate on its training images and check on its test split")
     network = evaluation.load_network(ckpt, settings, torch.device("cpu"))
     metadata = {
         "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
