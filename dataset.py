@@ -5,10 +5,9 @@ MVTec AD folder layout, read as uint8 tensors (decoded and resized once).
     DATA_ROOT/CATEGORY/test/<type>/*.png                 test images; <type> 'good' is normal
     DATA_ROOT/CATEGORY/ground_truth/<type>/NNN_mask.png  a mask per anomalous test image
 
-    from dataset import load_train_images, load_train_set, load_test_set, normalize
-    images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8
-    x = normalize(images[:16].to(device))                      # (16,3,256,256) float, ImageNet-normalised
-    images = load_train_set("data/mvtec", ["bottle", "cable"], 256, "auto", cache_dir, device)  # train.py's
+    from dataset import load_train_images, load_train_set, load_test_set
+    images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8; model.encoder.normalize for the teacher
+    images = load_train_set("data/mvtec", ["bottle", "cable"], 256, "auto", cache_dir, device, "bottle+cable")  # train.py's
     batch = images[order[:16]]                                 # (16,3,256,256) uint8 on device, either way
 
 load_train_set serves train.py the training images of one category or of several together (the unified setting:
@@ -36,11 +35,7 @@ from PIL import Image
 from image_store import open_store
 from utils.config import ConfigError
 from utils.images import IMAGE_EXTENSIONS, list_images, load_all, open_image, read_images
-from utils.io import run_name
 from utils.memory import memory_decision
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_mask(path, size, image_path):
@@ -123,12 +118,13 @@ class StreamedImages:
         return torch.from_numpy(self.store.read(rows)).to(self.device)
 
 
-def load_train_set(data_root, categories, size, in_memory, cache_dir, device):
+def load_train_set(data_root, categories, size, in_memory, cache_dir, device, label):
     """The train/good images of the categories, in training order: an (N,3,S,S) uint8 tensor on device
     (in_memory=1), a StreamedImages (0), or whichever of the two fits (auto); see the module docstring. The store is
-    <cache_dir>/<data_root's name>-<run name>-<size>px-<key>.rdstore (image_store.store_path)."""
+    <cache_dir>/<data_root's name>-<label>-<size>px-<key>.rdstore (image_store.store_path); train.py's label is
+    the run's name (checkpoints.run_name)."""
     paths = [p for c in categories for p in train_image_paths(data_root, c)]
-    store = open_store(paths, data_root, categories, size, cache_dir, run_name(categories))
+    store = open_store(paths, data_root, categories, size, cache_dir, label)
     if in_memory == "auto":
         keep, line = memory_decision("in_memory", f"the {len(paths)} training images", len(paths) * 3 * size * size, device)
         print(line + (": kept in memory" if keep else f": read batch by batch from {store.path}"))
@@ -197,10 +193,3 @@ def check_orphan_masks(folder, defect, image_paths):
     for name in sorted(os.listdir(mask_folder)):
         if name.lower().endswith(IMAGE_EXTENSIONS) and name not in expected:
             raise ConfigError(f"{os.path.join(mask_folder, name)}: mask without its test image in {os.path.join(folder, 'test', defect)}")
-
-
-def normalize(images):
-    """uint8 (B,3,H,W) -> float (B,3,H,W): ToTensor's /255, then ImageNet mean/std, on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std

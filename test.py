@@ -26,7 +26,7 @@ predict/<file name>.png (input | heatmap) per image. The threshold is --threshol
 (image_f1_threshold) of the evaluation of this checkpoint in results.json: evaluate first.
 
 A unified checkpoint writes each category's files to <out_dir>/<run name>/<category>/ and the mean over its
-categories to <out_dir>/<run name>/results.json (unified_results.py); a category scores the same whether it is
+categories to <out_dir>/<run name>/results.json (results.write_mean); a category scores the same whether it is
 evaluated alone (--category=X) or with the others. With --images=DIR it needs --category=X (whose threshold it
 takes, writing <run name>/<X>/predict/) or --threshold.
 
@@ -37,7 +37,6 @@ Our checkpoints carry their training config; for an official one ({'bn', 'decode
 --data_root and --category, and --backbone/--image_size/--weights if not wide_resnet50_2/256/imagenet.
 """
 
-import functools
 import json
 import os
 import sys
@@ -45,16 +44,15 @@ import time
 
 import torch
 
+from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings, run_dir, run_name
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
-from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from unified_results import write_mean
-from utils.anomaly_map import inference_network, predict
+from model.scoring import predict
+from results import find_evaluation, write_mean
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write_json, write_csv
-from utils.io import load_checkpoint, run_dir, run_name
-from utils.metrics import compute_metrics
+from utils.files import atomic_write_json, check_outputs, write_csv
+from utils.metrics import compute_metrics, metrics_line
 from utils.seeding import resolve_device
-from utils.visualize import evaluation_strip, prediction_strip, save_png
+from utils.visualize import evaluation_strip, prediction_strip, save_png, save_prediction_strips
 
 # -----------------------------------------------------------------------------
 checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
@@ -76,75 +74,12 @@ debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
 
-SHOWN = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")  # the metrics printed
-
-# what an official checkpoint, which carries no config, was trained with
-OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
-
-
-def checkpoint_method(ckpt):
-    """'rd++' for a checkpoint with RD++'s projection layer ('proj'), else 'rd'; the config, where there is one, must agree."""
-    method = "rd++" if "proj" in ckpt else "rd"
-    trained = ckpt.get("config", {}).get("method", method)
-    if trained != method:
-        raise ConfigError(f"checkpoint={checkpoint}: its config says method={trained}, but it {'has' if method == 'rd++' else 'lacks'} RD++'s projection layer 'proj'")
-    return method
-
-
-def resolve_settings(ckpt):
-    """Command-line settings win where the checkpoint has none; where it has one, they must agree with it."""
-    trained = ckpt.get("config", OFFICIAL_CONFIG)
-    settings = {}
-    for name in ("data_root", "out_dir", "weights", "backbone", "image_size"):
-        given, saved = globals()[name], trained.get(name)
-        if name in ("backbone", "image_size") and given and "config" in ckpt and given != saved:
-            raise ConfigError(f"--{name}={given}: {checkpoint} was trained with {name}={saved}")
-        settings[name] = given or saved
-        if not settings[name] and not (name == "data_root" and images):  # scoring a folder needs no data_root
-            raise ConfigError(f"--{name} is required: {checkpoint} does not say which {name} it was trained on")
-    # the categories it was trained on: a unified checkpoint lists them, a one-category one names its category
-    settings["categories"] = trained.get("categories") or [c for c in [trained.get("category") or category] if c]
-    if not settings["categories"]:
-        raise ConfigError(f"--category is required: {checkpoint} does not say which category it was trained on")
-    unified = len(settings["categories"]) > 1
-    if unified and category and category not in settings["categories"]:
-        raise ConfigError(f"--category={category}: {checkpoint} was trained on {', '.join(settings['categories'])}, not on it")
-    # "" for a unified checkpoint without --category: all of them
-    settings["category"] = category or ("" if unified else settings["categories"][0])
-    settings["seed"] = trained.get("seed", 0)
-    settings["method"] = checkpoint_method(ckpt)
-    return settings
-
-
-def category_folder(settings, name):
-    """Where a category's results go: <out_dir>/<category>, or <out_dir>/<run name>/<category> for a unified checkpoint."""
-    if len(settings["categories"]) > 1:
-        return os.path.join(run_dir(settings["out_dir"], run_name(settings["categories"])), name)
-    return run_dir(settings["out_dir"], name)
-
-
-def load_network(ckpt, settings, dev):
-    """The checkpoint's teacher + student as one network for scoring (utils.anomaly_map.inference_network);
-    with RD++'s projection layer when the checkpoint has one ('proj'), loaded as strictly as the rest."""
-    encoder = build_encoder(settings["backbone"], settings["weights"], settings["seed"])
-    # official checkpoints of some categories carry extra 'memory' keys that no model uses
-    bn_state = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
-    try:  # built straight from the checkpoint's tensors, without a random initialisation first
-        ocbe = build_loaded(functools.partial(OCBE, settings["backbone"]), bn_state)
-        decoder = build_loaded(functools.partial(Decoder, settings["backbone"]), ckpt["decoder"])
-        proj = build_loaded(functools.partial(MultiProjection, settings["backbone"]), ckpt["proj"]) if "proj" in ckpt else None
-    except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
-        raise ConfigError(f"checkpoint={checkpoint}: does not fit backbone={settings['backbone']} ({detail[:200]})") from None
-    return inference_network(encoder, ocbe, decoder, proj).to(dev)
-
-
-def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range, image_threshold):
-    """images/<type>_<name>.png for the first save_images test images of each type; returns how many."""
+def save_test_strips(folder, per_type, test_images, masks, maps, scores, paths, heat_range, image_threshold):
+    """images/<type>_<name>.png for the first per_type test images of each type; returns how many."""
     written = {}
     for i, (image, amap, score, path) in enumerate(zip(test_images, maps, scores.tolist(), paths)):
         defect = os.path.basename(os.path.dirname(path))  # path is 'test/<type>/<file>'
-        if written.get(defect, 0) < save_images:
+        if written.get(defect, 0) < per_type:
             name = f"{defect}_{os.path.splitext(os.path.basename(path))[0]}.png"
             # without masks (image labels only) the strip has no ground-truth panel
             strip = (prediction_strip(image, amap, score, heat_range, image_threshold) if masks is None
@@ -154,58 +89,30 @@ def save_test_strips(folder, test_images, masks, maps, scores, paths, heat_range
     return sum(written.values())
 
 
-def same_evaluation(saved, settings):
-    """Whether a results.json is of this checkpoint at the current image_size and map_mode."""
-    return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint)
-            and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
-
-
-def load_evaluation(folder, settings):
-    """results.json of this checkpoint's evaluation at the current image_size and map_mode, or {} if none."""
-    path = os.path.join(folder, "results.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except ValueError:
-        raise ConfigError(f"{path}: not valid JSON; evaluate again with python test.py --checkpoint={checkpoint}") from None
-    return saved if same_evaluation(saved, settings) else {}
-
-
-def score_folder(ckpt, settings, dev):
-    """Score every image of the folder `images`, label it with the threshold, write predict/ (see the docstring)."""
-    if not os.path.isdir(images):
-        raise ConfigError(f"images={images}: no such folder")
-    paths = list_images(images)
+def score_folder(ckpt, settings, dev, folder, threshold, checkpoint, batch_size, map_mode, amp, compile):
+    """Score every image of `folder`, label it with the threshold (None: the evaluation's), write predict/ (see the docstring)."""
+    if not os.path.isdir(folder):
+        raise ConfigError(f"images={folder}: no such folder")
+    paths = list_images(folder)
     if not paths:
-        raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if not settings["category"] and threshold is None:
-        raise ConfigError(f"images={images}: {checkpoint} is a model of {', '.join(settings['categories'])}; pass "
-                          "--category=<one of them> to use its threshold, or --threshold=VALUE")
-    folder = category_folder(settings, settings["category"]) if settings["category"] else run_dir(settings["out_dir"], run_name(settings["categories"]))
-    evaluation = load_evaluation(folder, settings)
+        raise ConfigError(f"images={folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    run_folder = category_folder(settings, settings["category"])  # a unified model without --category: its run folder
+    evaluation, problem = find_evaluation(run_folder, checkpoint, settings["image_size"], map_mode)
     image_threshold = threshold if threshold is not None else evaluation.get("image_f1_threshold")
     if image_threshold is None:
-        results_path = os.path.join(folder, "results.json")
-        problem = "does not exist" if not os.path.isfile(results_path) else (
-            f"holds no image_f1_threshold of checkpoint={checkpoint} at image_size={settings['image_size']}, map_mode={map_mode}")
-        raise ConfigError(f"no threshold: {results_path} {problem}; evaluate first (python test.py --checkpoint={checkpoint}) or pass --threshold=VALUE")
-    network = load_network(ckpt, settings, dev)
+        raise ConfigError(f"no threshold: {problem}; evaluate first (python test.py --checkpoint={checkpoint}) or pass --threshold=VALUE")
+    network = load_network(ckpt, settings, dev, checkpoint)
     new_images = load_images(paths, settings["image_size"])  # (N,3,S,S) uint8
     maps, scores = predict(network, new_images, batch_size, map_mode, amp, compile)  # (N,S,S), (N,)
     # the evaluation's colour scale where there is one, so these strips compare with the test set's
     heat_range = evaluation.get("heatmap_range") or (float(maps.min()), float(maps.max()))
     labels = [int(score >= image_threshold) for score in scores.tolist()]
-    predict_folder = os.path.join(folder, "predict")
-    for path, image, amap, score in zip(paths, new_images, maps, scores.tolist()):
-        name = os.path.basename(path)
-        name = name if name.lower().endswith(".png") else name + ".png"
-        save_png(os.path.join(predict_folder, name), prediction_strip(image, amap, score, heat_range, image_threshold))
+    predict_folder = os.path.join(run_folder, "predict")
+    save_prediction_strips(predict_folder, paths, new_images, maps, scores.tolist(), heat_range, image_threshold)
     write_csv(os.path.join(predict_folder, "scores.csv"), ["path", "score", "label"],
               ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores.tolist(), labels)))
     source = "--threshold" if threshold is not None else "image_f1_threshold of results.json"
-    print(f"{images}: {sum(labels)} of {len(paths)} images anomalous (score >= {image_threshold:.6f}, {source})")
+    print(f"{folder}: {sum(labels)} of {len(paths)} images anomalous (score >= {image_threshold:.6f}, {source})")
     print(f"wrote {os.path.join(predict_folder, 'scores.csv')} and {len(paths)} strips")
 
 
@@ -227,29 +134,46 @@ def main():
         raise ConfigError(f"--save_images={save_images}: only used by the evaluation; --images=DIR draws a strip for every image")
     dev = torch.device(resolve_device(device))
     ckpt = load_checkpoint(checkpoint)
-    settings = resolve_settings(ckpt)
-    if images:
-        return score_folder(ckpt, settings, dev)
+    given = {name: globals()[name] for name in CHECKPOINT_SETTINGS}
+    settings = resolve_settings(ckpt, checkpoint, given, need_data_root=not images)  # scoring a folder needs no data_root
     unified = len(settings["categories"]) > 1
+    if images:
+        if unified and not settings["category"] and threshold is None:
+            raise ConfigError(f"images={images}: {checkpoint} is a model of {', '.join(settings['categories'])}; pass "
+                              "--category=<one of them> to use its threshold, or --threshold=VALUE")
+        folder = category_folder(settings, settings["category"])  # the outputs, checked before the data and networks
+        check_outputs(f"out_dir={settings['out_dir']}", os.path.join(folder, "predict"), ["scores.csv"])
+        return score_folder(ckpt, settings, dev, images, threshold, checkpoint, batch_size, map_mode, amp, compile)
+    names = [settings["category"]] if settings["category"] else settings["categories"]
+    run_folder = run_dir(settings["out_dir"], run_name(settings["categories"]))
+    for name in names:  # the outputs, checked before the data and networks
+        check_outputs(f"out_dir={settings['out_dir']}", category_folder(settings, name), ["results.json", "scores.csv"], ["images"] if save_images else [])
+    if unified:
+        check_outputs(f"out_dir={settings['out_dir']}", run_folder, ["results.json"])
     network = None  # built after the first test set is read: bad data fails before the teacher is built
-    for name in [settings["category"]] if settings["category"] else settings["categories"]:
+    for name in names:
         test_set = load_test_set(settings["data_root"], name, settings["image_size"])
         if network is None:
-            network = load_network(ckpt, settings, dev)
-        evaluate(ckpt, settings, network, name, test_set)
+            network = load_network(ckpt, settings, dev, checkpoint)
+        evaluate(ckpt, settings, network, name, test_set, checkpoint, batch_size, map_mode, amp, compile, save_images)
     if unified:
-        run_folder = run_dir(settings["out_dir"], run_name(settings["categories"]))
         trained_with = json.loads(json.dumps(ckpt.get("config")))  # as results.json holds it (tuples become lists)
-        mean = write_mean(run_folder, settings["categories"], lambda saved: same_evaluation(saved, settings) and saved.get("train_config") == trained_with,
+
+        def same(saved):  # a category's results.json of this checkpoint, evaluated as now
+            return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint) and saved.get("train_config") == trained_with
+                    and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
+
+        mean = write_mean(run_folder, settings["categories"], same,
                           {"checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "image_size": settings["image_size"],
                            "map_mode": map_mode, "train_config": ckpt.get("config")})
         print(f"mean over {len(mean['evaluated'])} of {len(mean['categories'])} categories" + (f" (missing: {', '.join(mean['missing'])})" if mean["missing"] else "")
-              + ": " + " | ".join(f"{k} {mean[k]:.3f}" if mean[k] is not None else f"{k} n/a" for k in SHOWN))
+              + f": {metrics_line(mean)}")
         print(f"wrote {os.path.join(run_folder, 'results.json')}")
 
 
-def evaluate(ckpt, settings, network, name, test_set):
-    """Score one category's test set, write its results.json, scores.csv and picture strips, print its metrics."""
+def evaluate(ckpt, settings, network, name, test_set, checkpoint, batch_size, map_mode, amp, compile, save_images):
+    """Score one category's test set (load_test_set's), write its results.json, scores.csv and picture strips (the first
+    save_images of each defect type) in category_folder, print its metrics."""
     test_images, masks, labels, paths = test_set
     if masks is None:
         print(f"{name}: no ground_truth folder: evaluated on image labels from the test folder names "
@@ -270,13 +194,13 @@ def evaluate(ckpt, settings, network, name, test_set):
     atomic_write_json(os.path.join(folder, "results.json"), results)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
               ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
-    print(f"{name} ({settings['method']}): " + " | ".join(f"{k} {metrics[k]:.3f}" if metrics[k] is not None else f"{k} n/a" for k in SHOWN))
+    print(f"{name} ({settings['method']}): {metrics_line(metrics)}")
     for metric, reason in metrics["undefined"].items():
         if masks is not None or not metric.startswith("pixel_"):  # without masks: said once when the test set was loaded
             print(f"  {metric} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")
     if save_images:
-        n_strips = save_test_strips(folder, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])
+        n_strips = save_test_strips(folder, save_images, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])
         print(f"wrote {n_strips} picture strips to {os.path.join(folder, 'images')}")
 
 

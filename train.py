@@ -11,11 +11,12 @@ category, or one model on those of several (the unified multi-class setting).
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
 lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
-or for several categories to <out_dir>/<run name>/checkpoint.pth (utils/io.run_name: bottle+cable+screw, or
-unified_<n>_categories_<hash> for long lists) with config["categories"] the sorted list and config["category"] "";
-evaluate it with test.py. No test data is looked at here.
+the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
+test.py. No test data is looked at here. A model of several categories goes to <out_dir>/<run name>/ instead
+(checkpoints.run_name: bottle+cable+screw, or unified_<n>_categories_<hash> for long lists), its config
+"categories" the sorted list and "category" "".
 
 The training images are decoded once into a file of cache_dir and reused by later runs; they are then kept in
 memory, or read batch by batch from that file when they would not fit (in_memory, dataset.load_train_set): the loop
@@ -23,6 +24,7 @@ is the same either way, and so are the checkpoints, bit for bit. --protocol=ader
 benchmark (PROTOCOLS below); any setting given on the command line wins over the preset.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -34,14 +36,17 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset import find_categories, load_train_set, normalize
+from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir, run_name, saved_setting
+from dataset import find_categories, load_train_set
 from image_store import default_cache_dir
+from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss, projection_loss
+from model.projection import ProjectedStudent
+from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write_json
-from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir, run_name
+from utils.files import atomic_write_json, check_outputs
 from utils.memory import memory_decision
 from utils.seeding import resolve_device, set_seed
 
@@ -57,8 +62,8 @@ batch_size = 16
 epochs = 200
 lr = 0.005  # Adam learning rate
 betas = (0.5, 0.999)  # Adam betas
-lr_decay = 0.0  # lr x0.1 from epoch int(lr_decay * epochs) on and again every as many epochs, set at each step (timm's StepLR); 0: constant
-clip_grad = 0.0  # clip the total L2 norm of the gradient to this before each step; 0: no clipping
+lr_decay = 0.0  # lr x0.1 from epoch int(lr_decay * epochs) on and again every as many epochs, set at each batch (timm's StepLR); 0: constant
+clip_grad = 0.0  # clip the total L2 norm of the gradient to this before each optimizer step; 0: no clipping
 drop_last = False  # leave out the last, incomplete batch of each epoch (a different one each epoch)
 protocol = "official"  # official (the defaults here) | ader: ADer's unified benchmark, see PROTOCOLS; settings given on the command line win
 seed = 42  # seeds the OCBE/decoder init, the shuffling and (weights=none) the teacher
@@ -69,12 +74,13 @@ compile = False  # torch.compile the OCBE and decoder
 in_memory = "auto"  # 1: the decoded training images kept in memory on the device | 0: each batch read from cache_dir (memory flat in the number of images) | auto: 1 if they take at most half the available memory
 cache_teacher = "auto"  # 1: teacher features of the training images computed once (7 MB per 256x256 image), not every step | 0 | auto: 1 if they take at most half the available memory
 cache_dir = ""  # where the decoded training images are kept, one file per data_root, category set and image_size; "": $XDG_CACHE_HOME or ~/.cache, /reverse_distillation
-out_dir = "runs"  # writes <out_dir>/<category or run name>/checkpoint.pth and config.json
-save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every step
+out_dir = "runs"  # writes <out_dir>/<category or run name>/checkpoint.pth, config.json and loss.csv
+save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
 weight_proj = 0.2  # weight of the projection loss (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11
-step_every = 2  # optimizer step after every 2nd batch of an epoch, from that batch's gradient alone (the official code zeroes gradients before each backward), the other batches only move BatchNorm statistics
+step_every = 2  # optimizer step after every 2nd batch of an epoch (the official accumulation_steps)
+accumulate = True  # each step from the summed gradients of its step_every batches, as the official code since its 2023-12-07 fix; False: the official loop before that fix, and ADer's RD++: each step from its own batch's gradient alone, the batches in between only move BatchNorm statistics
 ssot = True  # compute the SSOT term; it compares the batch with a permutation of itself, so it is 0 with zero gradient up to rounding: False skips its cost
 official_epochs = False  # each MVTec AD category's epochs of the official code (10 for carpet and leather ... 300) instead of epochs
 resume = False  # continue from the run's checkpoint.pth if it exists
@@ -82,11 +88,6 @@ overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
-# a resumed run must have been trained with the same values of these
-resume_keys = ["category", "categories", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed", "lr_decay", "clip_grad", "drop_last"]
-rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "ssot"]  # and these for RD++
-# what checkpoints written before a setting existed were trained with
-ADDED_LATER = {"lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False}
 
 # Protocol presets: setting -> value, applied unless the setting is given on the command line.
 # ader: ADer's unified (multi-class) benchmark, read from github.com/zhangzjn/ADer at commit 902937a (2025-01-29):
@@ -95,18 +96,20 @@ ADDED_LATER = {"lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False}
 # (clip_grad 5.0, DataLoader drop_last, scaler none), optim/scheduler.py (timm StepLRScheduler stepped every
 # iteration, decay_t = int(0.8 * epochs) epochs of iterations, x0.1), trainer/_base_trainer.py and rd_trainer.py
 # (zero_grad, backward, clip_grad_norm over the network, step). Its config's weight_decay 0.05 never reaches an
-# optimizer. trainer/rdpp_trainer.py builds RD++'s two Adam optimizers after the scheduler was attached to the
-# base trainer's own optimizer, which never steps: RD++'s learning rates stay constant there, hence lr_decay 0.
+# optimizer. trainer/rdpp_trainer.py zeroes the gradients before every backward and steps on every 2nd iteration
+# (accumulate=False), and builds RD++'s two Adam optimizers after the scheduler was attached to the base trainer's
+# own optimizer, which never steps: RD++'s learning rates stay constant there, hence lr_decay 0.
 PROTOCOLS = {
     "official": {},
     "ader": {"image_size": 256, "epochs": 100, "batch_size": 16, "lr": 0.005, "betas": (0.5, 0.999), "seed": 42,
              "lr_decay": 0.8, "clip_grad": 5.0, "drop_last": True, "official_epochs": False},
 }
-PROTOCOLS_RDPP = {"official": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2}}  # RD++ on top
+PROTOCOLS_RDPP = {"official": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2, "accumulate": False}}  # RD++ on top
 
 
 def apply_protocol(settings, argv):
-    """Set settings[name] to the preset of settings['protocol'] for every name not given in argv (--name=value)."""
+    """Set settings[name] to the preset of settings['protocol'] for every name not given in argv (--name=value);
+    scripts/sweep.py applies it to its runs' settings too."""
     if settings["protocol"] not in PROTOCOLS:
         raise ConfigError(f"--protocol={settings['protocol']}: must be {' or '.join(PROTOCOLS)}")
     given = {arg[2:].split("=", 1)[0] for arg in argv}
@@ -114,38 +117,55 @@ def apply_protocol(settings, argv):
     settings.update({k: v for k, v in preset.items() if k not in given})
 
 
-def saved_setting(config, name):
-    """The value of a setting in a saved config; for one saved before the setting existed, what it was trained with."""
-    if name == "categories" and name not in config:
-        return [config.get("category")]
-    return config.get(name, ADDED_LATER.get(name))
-
-
-def check_config():
-    """Impossible settings fail here, before any data is loaded."""
+def check_config(config):
+    """Impossible settings (a dict of the settings above) fail here, before any data is loaded; scripts/sweep.py
+    checks its runs' settings with it before starting any."""
+    c = config
     checks = [
-        (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
-        (batch_size >= 1, "batch_size", "at least 1"),
-        (epochs >= 1, "epochs", "at least 1"),
-        (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
-        (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
-        (math.isfinite(save_minutes) and save_minutes >= 0, "save_minutes", "a number of minutes, 0 or more"),
-        (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
-        (not (resume and overwrite), "resume", "left off when overwrite=True"),
-        (method in METHODS, "method", " or ".join(METHODS)),
-        (method != "rd++" or image_size // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
-        (math.isfinite(proj_lr) and proj_lr > 0, "proj_lr", "a positive finite number"),
-        (step_every >= 1, "step_every", "at least 1"),
-        (not official_epochs or (category in OFFICIAL_EPOCHS and not categories), "official_epochs", f"used only with --category= one of the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
-        (math.isfinite(clip_grad) and clip_grad >= 0, "clip_grad", "a gradient norm, 0 for no clipping"),
-        (0 <= lr_decay <= 1, "lr_decay", "a fraction of the epochs in [0, 1], 0 for a constant lr"),
-        (not lr_decay or int(lr_decay * epochs) >= 1, "lr_decay", "at least 1/epochs: int(lr_decay * epochs) is the first decayed epoch, and 0 would divide by zero"),
-        (in_memory in ("auto", "1", "0"), "in_memory", "auto, 1 or 0"),
-        (cache_teacher in ("auto", "1", "0"), "cache_teacher", "auto, 1 or 0"),
+        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
+        (c["batch_size"] >= 1, "batch_size", "at least 1"),
+        (c["epochs"] >= 1, "epochs", "at least 1"),
+        (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
+        (all(0 <= b < 1 for b in c["betas"]), "betas", "two numbers in [0, 1)"),
+        (math.isfinite(c["save_minutes"]) and c["save_minutes"] >= 0, "save_minutes", "a number of minutes, 0 or more"),
+        (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
+        (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
+        (c["method"] in METHODS, "method", " or ".join(METHODS)),
+        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
+        (c["step_every"] >= 1, "step_every", "at least 1"),
+        (not c["official_epochs"] or (c["category"] in OFFICIAL_EPOCHS and not c["categories"]), "official_epochs",
+         f"used only with --category= one of the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (math.isfinite(c["clip_grad"]) and c["clip_grad"] >= 0, "clip_grad", "a gradient norm, 0 for no clipping"),
+        (0 <= c["lr_decay"] <= 1, "lr_decay", "a fraction of the epochs in [0, 1], 0 for a constant lr"),
+        (not c["lr_decay"] or int(c["lr_decay"] * c["epochs"]) >= 1, "lr_decay", "at least 1/epochs: int(lr_decay * epochs) is the first decayed epoch, and 0 would divide by zero"),
+        (c["in_memory"] in ("auto", "1", "0"), "in_memory", "auto, 1 or 0"),
+        (c["cache_teacher"] in ("auto", "1", "0"), "cache_teacher", "auto, 1 or 0"),
     ]
     for ok, name, expected in checks:
         if not ok:
-            raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
+            raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
+
+
+def batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp):
+    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
+    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
+    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
+    The networks run under bf16 autocast with amp, the losses in float32. scripts/benchmark.py times this step."""
+    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
+        if noisy is None:
+            reconstructed = student(teacher)  # 3 taps
+        else:
+            noisy_teacher = encoder(noisy)  # 3 taps
+            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+    if not len(teacher[0]):
+        # a last batch smaller than the number of processes leaves some an empty shard: they still join
+        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+        return sum(r.sum() for r in reconstructed)
+    loss = cosine_loss(teacher, reconstructed)
+    if noisy is not None:  # RD++: + the projection layer's loss
+        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+    return loss
 
 
 def setup_distributed():
@@ -161,10 +181,10 @@ def setup_distributed():
     return dist.get_rank(), world_size, dev
 
 
-def use_teacher_cache(encoder, images, dev, log):
-    """cache_teacher as yes or no: 1, 0, or for auto whether the features of all images fit (utils/memory.py), said."""
-    if cache_teacher != "auto":
-        return cache_teacher == "1"
+def use_teacher_cache(setting, encoder, images, dev, amp, log):
+    """cache_teacher (setting) as yes or no: 1, 0, or for auto whether the features of all images fit (utils/memory.py), said."""
+    if setting != "auto":
+        return setting == "1"
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         taps = encoder(normalize(images[:1]))  # 3 taps, each (1,C,H,W), of the dtype the cache would have
     n_bytes = len(images) * sum(t.numel() * t.element_size() for t in taps)
@@ -177,7 +197,7 @@ def main():
     global epochs, category
     apply_overrides(globals(), sys.argv[1:], config_keys)
     apply_protocol(globals(), sys.argv[1:])
-    check_config()
+    check_config({k: globals()[k] for k in config_keys})
     trained_categories = find_categories(data_root, categories) if categories else [category]
     category = trained_categories[0] if len(trained_categories) == 1 else ""  # "": a unified model
     name = run_name(trained_categories)
@@ -189,12 +209,14 @@ def main():
     rank, world_size, dev = setup_distributed()
     log = print if rank == 0 else lambda *args: None
     path = ckpt_path(out_dir, name)
+    if rank == 0:  # the one process that writes; another's try could race with its removal of a folder it made
+        check_outputs(f"out_dir={out_dir}", run_dir(out_dir, name), files=[os.path.basename(path), "config.json"])
     if os.path.exists(path) and not (resume or overwrite):
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
 
     set_seed(seed, deterministic)
     # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
-    images = load_train_set(data_root, trained_categories, image_size, in_memory, cache_dir or default_cache_dir(), dev)  # (N,3,S,S) uint8
+    images = load_train_set(data_root, trained_categories, image_size, in_memory, cache_dir or default_cache_dir(), dev, name)  # (N,3,S,S) uint8
     steps_per_epoch = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
     if steps_per_epoch == 0:
         raise ConfigError(f"--drop_last=1: {len(images)} training images make no full batch of {batch_size}; lower batch_size")
@@ -202,9 +224,10 @@ def main():
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
-        for k in resume_keys + (rdpp_resume_keys if rdpp else []):
-            if saved_setting(checkpoint.get("config", {}), k) != config[k]:
-                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={saved_setting(checkpoint.get('config', {}), k)!r}; resume with the same value or use another out_dir")
+        for k in resume_keys(method):
+            trained_with = saved_setting(checkpoint.get("config", {}), k)
+            if trained_with != config[k]:
+                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={trained_with!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
             raise ConfigError(f"--method={method}: {path} is {'an RD++' if 'proj' in checkpoint else 'an RD'} checkpoint; resume with its method or use another out_dir")
         if checkpoint["step"] > epochs * steps_per_epoch:
@@ -241,6 +264,7 @@ def main():
 
     # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
     writer = CheckpointWriter()
+    loss_log = LossLog(loss_csv_path(out_dir, name), step // steps_per_epoch) if rank == 0 else None
 
     def save():
         if rank == 0:
@@ -248,7 +272,7 @@ def main():
             writer.write(path, {**{name: module.state_dict() for name, module in trained.items()}, "optimizer": optimizer.state_dict(),
                                 "epoch": step // steps_per_epoch, "step": step, "config": config})
 
-    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
+    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next optimizer step with a checkpoint saved.
     stop_signal = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _: stop_signal.append(s))
@@ -266,7 +290,7 @@ def main():
     # The teacher is frozen and there is no augmentation, so its features of a training image never change:
     # computed once (3 taps, each (N,C,H,W)), they save its forward pass at every step (a sixth of a CPU step)
     # for the same numbers.
-    teacher_cache = teacher_features(encoder, images, batch_size, amp) if use_teacher_cache(encoder, images, dev, log) else None
+    teacher_cache = teacher_features(encoder, images, batch_size, amp) if use_teacher_cache(cache_teacher, encoder, images, dev, amp, log) else None
     saved_at = time.monotonic()
     log(f"training {name} ({method}): {len(images)} images" + (f" of {len(trained_categories)} categories" if not category else "")
         + f", {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}" + (f" x {world_size} processes" if world_size > 1 else ""))
@@ -274,32 +298,34 @@ def main():
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
-        t0, total, n_updates = time.time(), 0.0, 0
+        t0, total, n_losses = time.time(), 0.0, 0  # the epoch's loss: the mean of its batches that ran a backward
         for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
             batch = order[i * batch_size:(i + 1) * batch_size]
             shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
-            # RD++: an optimizer step on every step_every-th batch of the epoch; the batches in between only
-            # move the BatchNorm statistics (the official code computes their gradient, then zeroes it unused)
+            # RD++: an optimizer step on every step_every-th batch of the epoch, as the official loop. accumulate (the
+            # official loop since 94a8df5): each batch adds its gradient and only a step zeroes them, so an epoch's
+            # odd last batch joins the next epoch's first step. Otherwise (before 94a8df5, zero_grad before every
+            # backward) the batches in between only move the BatchNorm statistics.
             update = not rdpp or (i + 1) % step_every == 0
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(update):
+            backward = update or accumulate
+            pending = backward and not update  # a gradient waiting for a later step
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
                 if teacher_cache is None:
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
-                if rdpp and update:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
-                    generator = step_generator(seed, step)  # this step's noise and shuffle, whatever the process
+                noisy = shuffle = None
+                if rdpp and backward:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
+                    generator = step_generator(seed, step)  # this batch's noise and shuffle, whatever the process
                     noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
-                    noisy_teacher = encoder(noisy)  # 3 taps
-                    reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
-                else:
-                    reconstructed = student(teacher)  # 3 taps
-            if update:
-                # a last batch smaller than the number of processes leaves some an empty shard: they still join
-                # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-                loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
-                if rdpp and len(shard):  # RD++: + the projection layer's loss
-                    loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+                if not backward:  # RD++ before 94a8df5, between steps: the student's forward only moves the BatchNorm statistics
+                    student(teacher)
+            if backward:
+                # DDP: a gradient waiting for its step stays in this process (DDP decides at the forward whether the
+                # backward all-reduces); the step's batch all-reduces the sum
+                with student.no_sync() if world_size > 1 and pending else contextlib.nullcontext():
+                    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp)
                 # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
                 (loss * len(shard) * world_size / len(batch)).backward()
                 loss = loss.detach() * len(shard) / len(batch)
@@ -308,17 +334,19 @@ def main():
                 if not torch.isfinite(loss):
                     writer.wait()  # a checkpoint being written is the last good one: it must be complete
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
-                if clip_grad:
-                    torch.nn.utils.clip_grad_norm_([p for group in param_groups for p in group["params"]], clip_grad)
-                if lr_decay:
-                    for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                        group["lr"] = base_lr * 0.1 ** (step // decay_steps)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                total, n_updates = total + loss.item(), n_updates + 1
+                if update:
+                    if clip_grad:
+                        torch.nn.utils.clip_grad_norm_([p for group in param_groups for p in group["params"]], clip_grad)
+                    if lr_decay:
+                        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                            group["lr"] = base_lr * 0.1 ** (step // decay_steps)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                total, n_losses = total + loss.item(), n_losses + 1
             step += 1
             writer.check()  # a background write that failed (a full disk) stops the run here
-            if time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
+            # checkpoints and signals wait for the step of a pending gradient, which a checkpoint does not hold
+            if not pending and time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
                 save()
                 saved_at = time.monotonic()
             if world_size > 1:  # every process must stop at the same step
@@ -326,13 +354,16 @@ def main():
                 dist.all_reduce(stop)
                 if stop.item() and not stop_signal:
                     stop_signal.append(signal.SIGTERM)
-            if stop_signal:
+            if stop_signal and not pending:
                 save()
                 writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
-    save()
+        epoch_loss, epoch_seconds = total / max(n_losses, 1), time.time() - t0
+        log(f"epoch {epoch + 1}/{epochs} | loss {epoch_loss:.4f} | {epoch_seconds:.1f}s")
+        if loss_log is not None:
+            loss_log.append(epoch + 1, epoch_loss, epoch_seconds)
+    save()  # accumulate: the gradient of an odd last batch is dropped, as at the end of the official loop
     writer.wait()
     log(f"saved {path}")
     if world_size > 1:

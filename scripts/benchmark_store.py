@@ -96,7 +96,7 @@ def main():
             data_root, cache_dir = os.path.join(work, f"data_{n}"), os.path.join(work, "cache")
             make_images(os.path.join(data_root, "gen", "train", "good"), n, args.image_size)
             t0 = time.perf_counter()
-            images = load_train_set(data_root, ["gen"], args.image_size, "0", cache_dir, torch.device("cpu"))
+            images = load_train_set(data_root, ["gen"], args.image_size, "0", cache_dir, torch.device("cpu"), "gen")
             decode = n / (time.perf_counter() - t0)
             os.posix_fadvise(images.store.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache: the disk serves it
             cold = n / read_epoch(images, args.batch_size)

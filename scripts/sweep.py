@@ -13,16 +13,17 @@ Per category C: `python train.py --category=C --resume=1 ...`, then `python test
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
 skipped; an interrupted one resumes from its checkpoint; one that fails is reported and the others go on. With several
 GPUs one category runs per GPU at a time. <out_dir>/results.md is rebuilt from the per-category files after every
-category. Exit status: 0 all done, 1 some category failed, 2 bad settings, 128+signal when interrupted (Ctrl-C).
+category. Exit status: 0 all done, 1 some category failed, 2 bad settings (an out_dir that cannot be written is
+refused before any category starts), 128+signal when interrupted (Ctrl-C).
 
 With --unified=1 it trains ONE model of all the categories instead (`train.py --categories=a,b,c --resume=1`, logged
 to <out_dir>/<run name>/log.txt, skipped once done), then evaluates it on each category (`test.py --category=C`, logged
 to <out_dir>/<run name>/C/log.txt), each category skipped when done, failing alone, one per GPU at a time; the tables
-have one row for that model, per category and the mean, beside ADer's published unified rows where the categories are
-a whole dataset ADer benchmarks. <run name> is utils/io.run_name of the categories (a+b+c, or unified_<n>_categories_<hash>).
+(<out_dir>/<run name>/results.md) have one row for that model, per category and the mean, beside ADer's published
+unified rows where the categories are a whole dataset ADer benchmarks. <run name> is checkpoints.run_name of the
+categories (a+b+c, or unified_<n>_categories_<hash>).
 """
 
-import json
 import os
 import queue
 import shlex
@@ -38,13 +39,14 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
-import train as train_script  # noqa: E402
-from known_datasets import DATASETS, dataset_for  # noqa: E402  (scripts/, this script's folder)
-from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
-from utils.io import ckpt_path, run_dir, run_name  # noqa: E402
-from utils.rdpp import OFFICIAL_EPOCHS  # noqa: E402
+from checkpoints import ckpt_path, run_dir, run_name  # noqa: E402
+from known_datasets import dataset_for  # noqa: E402
+from results import (category_state, differences, ordered, read_json, requested_config, result_folder, table_path,  # noqa: E402
+                     write_results_md)
+from train import apply_protocol, check_config  # noqa: E402  (functions of a settings dict; importing train.py runs nothing)
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
+from utils.files import atomic_write_json, check_outputs  # noqa: E402
+from utils.metrics import metrics_line  # noqa: E402
 
 # -----------------------------------------------------------------------------
 categories = ""  # comma-separated folder names under data_root; default: the known dataset's categories found there
@@ -52,8 +54,12 @@ gpus = ""  # comma-separated GPU ids, one category per id at a time (an id may r
 force = False  # retrain categories that have results (train.py --overwrite=1) instead of skipping or resuming them
 table_only = False  # only rebuild <out_dir>/results.md from the finished categories; run nothing
 unified = False  # one model of all the categories (train.py --categories=...), evaluated on each; results in <out_dir>/<run name>/
+debug = False  # show Python tracebacks for user errors; passed on to train.py and test.py too
 # -----------------------------------------------------------------------------
-sweep_keys = ["categories", "gpus", "force", "table_only", "unified"]
+sweep_keys = ["categories", "gpus", "force", "table_only", "unified", "debug"]
+# train.py's and test.py's settings with their defaults, read from their settings blocks
+TRAIN_SETTINGS = script_settings(os.path.join(ROOT, "train.py"))
+TEST_SETTINGS = script_settings(os.path.join(ROOT, "test.py"))
 # settings the sweep gives each run itself
 SET_BY_SWEEP = {
     "category": "pick categories with --categories=a,b",
@@ -61,254 +67,6 @@ SET_BY_SWEEP = {
     "resume": "the sweep always resumes an interrupted category; --force=1 retrains from scratch",
     "overwrite": "the sweep always resumes an interrupted category; --force=1 retrains from scratch",
 }
-# a results.json counts as done when its training config has the requested values of these
-COMPARED_KEYS = train_script.resume_keys + ["epochs", "method"]
-METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
-
-# The seed's order. Reference numbers are from SPEC.md section 6 (MVTec AD, wide_resnet50_2).
-MVTEC = ("carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-         "pill", "screw", "toothbrush", "transistor", "zipper")  # = known_datasets.DATASETS["mvtec_ad"].categories
-ANOMALIB_LABEL = "anomalib (seed 42, batch 16)"
-ANOMALIB = {
-    "image_auroc": (.984, 1.000, 1.000, 1.000, .997, 1.000, .966, .974, 1.000, 1.000, .972, .985, .953, .970, .978),
-    "pixel_auroc": (.988, .992, .991, .954, .947, .984, .964, .987, .988, .969, .975, .996, .991, .893, .984),
-    "image_f1": (.977, 1.000, 1.000, .994, .992, .984, .930, .982, 1.000, 1.000, .967, .963, .952, .927, .975),
-}
-MEAN_ONLY = {  # (label, {metric: 15-category mean})
-    "paper": ("paper (Deng & Li, CVPR 2022), 15-category mean", {"image_auroc": .985, "pixel_auroc": .978}),
-    "paper_pro": ("paper's PRO (per-image, official script; not AUPRO), 15-category mean", {"pixel_aupro": .939}),
-    "rdpp": ("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score", {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499}),
-}
-# ADer's published unified (one model per dataset) means, 100 epochs, from github.com/zhangzjn/ADer at commit 902937a,
-# configs/benchmark/README.md: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD (in %).
-ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "pixel_iou_max", "mad")
-ADER_UNIFIED = {  # (known_datasets key, method): row
-    ("mvtec_ad", "rd"): (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
-    ("mvtec_ad", "rd++"): (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2),
-    ("visa", "rd"): (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
-    ("visa", "rd++"): (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7),
-    ("mvtec_3d", "rd"): (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
-    ("mvtec_3d", "rd++"): (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4),
-    ("mvtec_loco", "rd"): (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
-    ("mvtec_loco", "rd++"): (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2),
-    ("btad", "rd"): (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
-    ("btad", "rd++"): (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3),
-    ("mpdd", "rd"): (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
-    ("mpdd", "rd++"): (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3),
-}
-TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
-          ("AUPRO", "pixel_aupro")]
-
-
-def as_json(value):
-    """The value as it reads back from a JSON file (tuples become lists), so saved and requested values compare."""
-    return json.loads(json.dumps(value))
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):  # missing, or half-written by a run killed outside atomic_write
-        return None
-
-
-def requested_config(train_config, category, unified_categories=None):
-    """The settings a category's results must have been trained with; for a unified run (unified_categories, the
-    sorted list) what train.py --categories=... records."""
-    keys = COMPARED_KEYS + (train_script.rdpp_resume_keys if train_config["method"] == "rd++" else [])
-    run_settings = ({"category": "", "categories": unified_categories} if unified_categories
-                    else {"category": category, "categories": [category]})  # what train.py --category=C records
-    requested = {k: as_json(run_settings.get(k, train_config[k])) for k in keys}
-    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS and not unified_categories:  # train.py trains (and records) these
-        requested["epochs"] = OFFICIAL_EPOCHS[category]
-    return requested
-
-
-def differences(trained, requested):
-    """'name=trained (requested value)' for each requested setting a run was not made with."""
-    trained = {"method": "rd", **(trained or {})}  # runs from before RD++ was added are RD's
-    saved = {k: train_script.saved_setting(trained, k) for k in requested}  # settings added since: their value then
-    return [f"{k}={saved[k]!r} (requested {v!r})" for k, v in requested.items() if as_json(saved[k]) != v]
-
-
-def result_folder(out_dir, category, run=None):
-    """Where a category's results.json, sweep.json and log.txt are: <out_dir>/<category>, or <out_dir>/<run>/<category>
-    for the categories of a unified run."""
-    return os.path.join(out_dir, run, category) if run else run_dir(out_dir, category)
-
-
-def category_state(folder, requested):
-    """(state, results, sweep_info) of the category whose files are in folder: state is done | failed | running |
-    interrupted | other settings | not run. The latest sweep attempt has the last word: a category being redone or
-    that failed shows no older numbers."""
-    info = read_json(os.path.join(folder, "sweep.json"))
-    results = read_json(os.path.join(folder, "results.json"))
-    if info and not differences(info.get("config"), requested) and info.get("status") != "done":
-        return info.get("status"), results, info
-    if results and not differences(results.get("train_config"), requested):
-        return "done", results, info
-    return ("other settings" if results else "not run"), results, info
-
-
-def ordered(names):
-    """The known dataset's order for its categories (MVTec AD: the seed's), then any others sorted."""
-    known = dataset_for(names)
-    first = [c for c in known.categories if c in names] if known else []
-    return first + sorted(set(names) - set(first))
-
-
-def title(category):
-    return category.replace("_", " ").title()
-
-
-# -----------------------------------------------------------------------------
-# the results table
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " :---: |" * (len(header) - 1)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def average_cell(values, n_columns):
-    if not values:
-        return "-"
-    mean = f"{sum(values) / len(values):.3f}"
-    return mean if len(values) == n_columns else f"{mean} ({len(values)}/{n_columns})"
-
-
-def our_row(label, key, columns, states):
-    cells, values = [], []
-    for c in columns:
-        state, results, _ = states[c]
-        value = results.get(key) if state == "done" else None
-        cells.append(f"{value:.3f}" if value is not None else "n/a" if state == "done" else "failed" if state == "failed" else "-")
-        if value is not None:
-            values.append(value)
-    return [label, average_cell(values, len(columns)), *cells]
-
-
-def unified_rows(key, columns, states, backbone, method):
-    """A unified run's rows for one metric: ours, then ADer's published mean of the same method when the categories are
-    all of a dataset it benchmarks (one-category references would not compare)."""
-    rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone}), one model of the {len(columns)} categories", key, columns, states)]
-    known = dataset_for(columns)
-    dataset = next((k for k, d in DATASETS.items() if d is known), None)
-    if known and set(known.categories) == set(columns) and (dataset, method) in ADER_UNIFIED:
-        value = ADER_UNIFIED[dataset, method][ADER_COLUMNS.index(key)] / 100
-        rows.append([f"ADer benchmark, {METHOD_LABELS[method]}, one model of {known.name}, 100 epochs (mean)", f"{value:.3f}", *([""] * len(columns))])
-    return rows
-
-
-def metric_rows(key, columns, states, backbone, method):
-    """Our row for one metric, then the reference rows (MVTec categories only)."""
-    rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone})", key, columns, states)]
-    if key == "pixel_aupro" and any(states[c][0] == "done" and states[c][1].get("pixel_pro_paper") is not None for c in columns):
-        rows.append(our_row("ours, the official script's per-image PRO (compare with the paper's PRO)", "pixel_pro_paper", columns, states))
-    known = dataset_for(columns)
-    for label, means in known.references if known else ():
-        if key in means:
-            rows.append([label, f"{means[key]:.3f}", *([""] * len(columns))])
-    mvtec_columns = [c for c in columns if c in MVTEC]
-    if not mvtec_columns:
-        return rows
-    if key in ANOMALIB:
-        reference = dict(zip(MVTEC, ANOMALIB[key]))
-        # averaged over the categories our Avg counts, so the two Avg cells compare like with like
-        counted = [c for c in mvtec_columns if states[c][0] == "done" and states[c][1].get(key) is not None]
-        averaged = counted or mvtec_columns
-        mean = sum(reference[c] for c in averaged) / len(averaged)
-        rows.append([ANOMALIB_LABEL, f"{mean:.3f}", *(f"{reference[c]:.3f}" if c in MVTEC else "" for c in columns)])
-    for label, means in MEAN_ONLY.values():
-        if key in means:
-            rows.append([label, f"{means[key]:.3f}", *([""] * len(columns))])
-    return rows
-
-
-def build_table(out_dir, data_root, requested_categories, train_config, run=None):
-    """results.md's text, from <out_dir>/<category>/{results,sweep}.json alone; for a unified run (its name `run`),
-    from <out_dir>/<run>/sweep.json and <out_dir>/<run>/<category>/{results,sweep}.json."""
-    unified_categories = sorted(requested_categories) if run else None
-    states = {c: category_state(result_folder(out_dir, c, run), requested_config(train_config, c, unified_categories))
-              for c in requested_categories}
-    # also categories made with the same settings by other sweeps into this out_dir (e.g. the jobs of a Slurm array)
-    if os.path.isdir(out_dir) and not run:
-        for name in sorted(os.listdir(out_dir)):
-            if name not in states and os.path.isdir(os.path.join(out_dir, name)):
-                state = category_state(run_dir(out_dir, name), requested_config(train_config, name))
-                if state[0] not in ("not run", "other settings"):
-                    states[name] = state
-    columns = ordered(states)
-    known = dataset_for(columns)
-    header = ["", "Avg", *(title(c) for c in columns)]
-    cfg = train_config
-    counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
-    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
-             + (f" ({known.name})" if known else ""), "",
-             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k not in ("category", "categories"))
-             + ". "
-             f"{counts['done']} of {len(columns)} categories done"
-             + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
-             + (f". One model of all {len(columns)} categories: {out_dir}/{run}/ (checkpoint.pth, log.txt, results.json: the mean), "
-                f"per category: {out_dir}/{run}/<category>/ (results.json, log.txt). " if run else
-                f". Per category: {out_dir}/<category>/ (results.json, log.txt). ")
-             + f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
-    for name, key in TABLES:
-        rows = (unified_rows if run else metric_rows)(key, columns, states, cfg["backbone"], cfg["method"])
-        lines += [f"## {name}", "", *markdown_table(header, rows), ""]
-        if key == "pixel_auroc" and any(c in MVTEC for c in columns) and not run:
-            lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
-                      "average 0.9735; its Avg here is the mean of the values in its row.", ""]
-    if run and any(len(unified_rows(key, columns, states, cfg["backbone"], cfg["method"])) > 1 for _, key in TABLES):
-        lines += ["Reference rows: ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a), "
-                  "one model per dataset, shown only when the categories are all of that dataset; its RD uses other "
-                  "teacher weights and a narrower OCBE, and binned pixel metrics. Our rows come from test.py's results.json.", ""]
-    elif run:
-        lines += ["No reference rows: ADer's benchmark publishes unified rows for whole datasets only.", ""]
-    elif any(c in MVTEC for c in columns):
-        lines += ["Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
-                  "RD++ report only 15-category means. Our rows come from test.py's results.json.", ""]
-    elif known:
-        lines += [f"Reference rows: {known.source}." if known.references else
-                  f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
-    if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
-        lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
-
-    def seconds(c, key):
-        state, _, info = states[c]
-        return info.get(key) if state == "done" and info and info.get(key) is not None else None
-
-    wall_rows = []
-    if run:  # one training for all the categories, then an evaluation per category
-        train_info = read_json(os.path.join(out_dir, run, "sweep.json")) or {}
-        train_seconds = train_info.get("train_seconds") if train_info.get("status") == "done" else None
-        tests = [seconds(c, "test_seconds") for c in columns]
-        known = [v for v in tests if v is not None]
-        test_total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
-        wall_rows = [["train (s), all categories", f"{train_seconds:.1f}" if train_seconds is not None else "-", *([""] * len(columns))],
-                     ["test (s)", test_total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
-                                                for c, v in zip(columns, tests))]]
-        if train_seconds is not None and known:
-            wall_rows.append(["train + test (s)", f"{train_seconds + sum(known):.1f}", *([""] * len(columns))])
-    for label, keys in () if run else (("train", ["train_seconds"]), ("test", ["test_seconds"]), ("train + test", ["train_seconds", "test_seconds"])):
-        values = [None if any(seconds(c, k) is None for k in keys) else sum(seconds(c, k) for k in keys) for c in columns]
-        known = [v for v in values if v is not None]
-        total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
-        wall_rows.append([f"{label} (s)", total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
-                                                     for c, v in zip(columns, values))])
-    lines += ["## Wall time", "", *markdown_table(["", "Total", *(title(c) for c in columns)], wall_rows), "",
-              "Training time sums every attempt that built the checkpoint (an interrupted run resumed counts both); "
-              "each includes starting Python and loading the data.", ""]
-
-    notes = [f"- {c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
-    notes += [f"- {c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
-    notes += [f"- {c}: results.json is from other settings, not shown: "
-              f"{', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c, unified_categories)))}"
-              for c in columns if states[c][0] == "other settings"]
-    if notes:
-        lines += ["## Notes", "", *notes, ""]
-    return "\n".join(lines)
-
 
 # -----------------------------------------------------------------------------
 # running the categories
@@ -332,9 +90,7 @@ class Sweep:
 
     def write_table(self):
         with self.lock:
-            text = build_table(self.out_dir, self.data_root, self.categories, self.train_config, self.run)
-            atomic_write_text(table_path(self.out_dir, self.run), text + "\n")
-        return text
+            return write_results_md(self.out_dir, self.data_root, self.categories, self.train_config, self.run)
 
     def on_signal(self, signum, _frame):
         """Ctrl-C / SIGTERM: each train.py saves a checkpoint at its next step and exits; a second signal kills them."""
@@ -411,8 +167,7 @@ class Sweep:
                         + ", ".join(differences(results and results.get("train_config"), requested)) + "; use --force=1 to retrain")
         else:
             info["status"] = "done"
-            message = f"{category} done in {elapsed:.1f}s: " + " ".join(
-                f"{k} {results[k]:.3f}" if results.get(k) is not None else f"{k} n/a" for _, k in TABLES)
+            message = f"{category} done in {elapsed:.1f}s: {metrics_line(results)}"
         if info["status"] == "failed":
             with open(info["log"], errors="replace") as log:
                 info["log_tail"] = log.read().splitlines()[-20:]
@@ -453,10 +208,10 @@ class Sweep:
             self.say(f"{self.run} interrupted after {seconds:.1f}s; rerun the same command to resume it")
         else:  # every category's evaluation needs this model: they all fail with it
             for category in self.categories:
-                folder = result_folder(self.out_dir, category, self.run)
-                os.makedirs(folder, exist_ok=True)
-                atomic_write_json(os.path.join(folder, "sweep.json"), {"status": "failed", "reason": f"train exited {status}",
-                                                                        "config": requested, "log": log_path})
+                category_dir = result_folder(self.out_dir, category, self.run)
+                os.makedirs(category_dir, exist_ok=True)
+                atomic_write_json(os.path.join(category_dir, "sweep.json"), {"status": "failed", "reason": f"train exited {status}",
+                                                                             "config": requested, "log": log_path})
             self.failed += self.categories
             self.say(f"{self.run} training FAILED after {seconds:.1f}s (train exited {status}), log: {log_path}")
         self.write_table()
@@ -494,10 +249,12 @@ def parse_args(argv):
     Every name and value is checked here, before anything runs."""
     own = [a for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in sweep_keys]
     apply_overrides(globals(), own, sweep_keys)
-    train_keys, test_keys = train_script.config_keys, test_script.config_keys
+    train_keys, test_keys = list(TRAIN_SETTINGS), list(TEST_SETTINGS)
     train_args, test_args = [], []
     for arg in argv:
-        if arg in own:
+        # the sweep's own settings stay here, but for debug, which train.py and test.py take too (categories is
+        # train.py's too: the sweep passes each run its own)
+        if arg in own and arg[2:].split("=", 1)[0] != "debug":
             continue
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"{arg}: arguments are --name=value")
@@ -511,12 +268,11 @@ def parse_args(argv):
             train_args.append(arg)
         if name in test_keys:
             test_args.append(arg)
-    train_config = {k: getattr(train_script, k) for k in train_keys}
+    train_config = dict(TRAIN_SETTINGS)
     apply_overrides(train_config, train_args, train_keys)
-    train_script.apply_protocol(train_config, train_args)  # --protocol=ader's values, as train.py will set them
-    apply_overrides({k: getattr(test_script, k) for k in test_keys}, test_args, test_keys)
-    vars(train_script).update(train_config)  # check_config reads train.py's module settings
-    train_script.check_config()
+    apply_protocol(train_config, train_args)  # --protocol=ader's values, as train.py will set them
+    apply_overrides(dict(TEST_SETTINGS), test_args, test_keys)
+    check_config(train_config)
     return train_args, test_args, train_config
 
 
@@ -539,7 +295,7 @@ def find_categories(data_root):
         return ordered(names)
     found = default_categories(data_root)
     if not found:
-        raise ConfigError(f"data_root={data_root}: holds no category of a known dataset (scripts/known_datasets.py) and no "
+        raise ConfigError(f"data_root={data_root}: holds no category of a known dataset (known_datasets.py) and no "
                           "folder with train/good; pass --data_root=... or --categories=a,b")
     return found
 
@@ -557,18 +313,13 @@ def gpu_slots(device):
     return (visible.split(",")[:count] if visible else [str(i) for i in range(count)]) or [None]
 
 
-def table_path(out_dir, run=None):
-    """results.md: <out_dir>/results.md, or <out_dir>/<run>/results.md for a unified run."""
-    return os.path.join(out_dir, run, "results.md") if run else os.path.join(out_dir, "results.md")
-
-
-def unified_run(names):
+def unified_run(names, train_config):
     """The unified run's name for these categories, or None without --unified=1."""
     if not unified:
         return None
     if len(names) < 2:
         raise ConfigError(f"--unified=1: one model of several categories, but there is only {', '.join(names) or 'none'}")
-    if train_script.official_epochs:
+    if train_config["official_epochs"]:
         raise ConfigError("--official_epochs=1: the official epochs are per category; a unified model has one number of --epochs")
     return run_name(names)
 
@@ -581,20 +332,21 @@ def main():
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
-        run = unified_run(names)
-        text = build_table(out_dir, data_root, ordered(names), train_config, run)
-        atomic_write_text(table_path(out_dir, run), text + "\n")
+        run = unified_run(names, train_config)
+        check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md"])
+        text = write_results_md(out_dir, data_root, ordered(names), train_config, run)
         print(text)
         print(f"wrote {table_path(out_dir, run)}")
         return
     names = find_categories(data_root)
-    run = unified_run(names)
+    run = unified_run(names, train_config)
+    check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md"])  # before any category starts
     slots = gpu_slots(train_config["device"])
     sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run)
     todo = queue.Queue()
     for category in names:
         requested = requested_config(train_config, category, sweep.unified_categories)
-        if not force and category_state(result_folder(out_dir, category, run), requested)[0] == "done":
+        if not force and category_state(out_dir, category, requested, run)[0] == "done":
             print(f"skip {category}: results.json exists (use --force=1 to redo)")
         else:
             todo.put(category)
@@ -626,4 +378,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_cli(main, lambda: train_script.debug)  # --debug=1 (also passed on) shows tracebacks
+    run_cli(main, lambda: debug)

@@ -64,8 +64,8 @@ def test_store_holds_the_images_in_training_order_and_is_reused(data, capsys):
 
 def test_in_memory_and_streamed_give_the_same_batches(data):
     root, cache, paths = data
-    in_memory = load_train_set(root, CATEGORIES, SIZE, "1", cache, torch.device("cpu"))
-    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"))
+    in_memory = load_train_set(root, CATEGORIES, SIZE, "1", cache, torch.device("cpu"), "disc+stripes")
+    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"), "disc+stripes")
     assert isinstance(in_memory, torch.Tensor) and isinstance(streamed, StreamedImages)
     assert torch.equal(in_memory, torch.from_numpy(decoded(paths)))
     order = torch.randperm(8, generator=torch.Generator().manual_seed(0))
@@ -82,7 +82,7 @@ def test_a_replaced_image_is_read_new(data, capsys):
     old = os.stat(replaced)
     Image.open(paths[0]).save(replaced)  # disc's first image in its place
     os.utime(replaced, ns=(old.st_atime_ns, old.st_mtime_ns))
-    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"))
+    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"), "disc+stripes")
     assert "decoding" in capsys.readouterr().out
     assert torch.equal(streamed[[4]][0], torch.from_numpy(read_image(paths[0], SIZE)))
     assert not torch.equal(streamed[[4]][0], streamed[[5]][0])

@@ -24,11 +24,11 @@ from PIL import Image
 from torchvision import transforms
 
 import train
+from checkpoints import ckpt_path, load_checkpoint, run_name
 from conftest import ROOT, SMALL, make_category, run_script
 from model import OCBE, Decoder, build_encoder
 from test_errors import run_main
 from test_reliability import assert_same
-from utils.io import ckpt_path, load_checkpoint, run_name
 
 CATEGORIES = ["disc", "grid_gray", "stripes"]  # sorted, as train.py records them
 RUN = "disc+grid_gray+stripes"
@@ -252,7 +252,7 @@ def test_ader_map_scale_leaves_every_metric_unchanged():
     """ADer's map is the taps' sum divided by len(taps) * sum(tap weights) = 3 x 3 (util/metric.py cal_anomaly_map,
     amap_mode 'add', weights 1), blurred after; ours is the sum. A positive factor keeps every ranking: all our
     threshold-free metrics are the same (ADer's F1/IoU over min-max normalised maps are scale-free too)."""
-    from unified_results import AVERAGED
+    from results import AVERAGED
     from utils.metrics import compute_metrics
     generator = torch.Generator().manual_seed(0)
     maps = torch.randint(0, 4096, (8, 32, 32), generator=generator).double() / 1024  # distinct levels, no ties made by /9
