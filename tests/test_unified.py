@@ -72,8 +72,10 @@ def test_ader_preset_and_the_command_line_over_it():
     rdpp.update(protocol="ader", method="rd++")
     train.apply_protocol(rdpp, [])
     # rdpp_trainer.py: proj_opt at cfg.optim.lr = 0.001, distill_opt at 5 x 0.001; the StepLR scheduler drives the
-    # base trainer's own optimizer, which never steps, so RD++'s learning rates stay constant in ADer
+    # base trainer's own optimizer, which never steps, so RD++'s learning rates stay constant in ADer; its
+    # backward_term zeroes both optimizers' gradients before each backward and steps when (iter + 1) % 2 == 0
     assert (rdpp["proj_lr"], rdpp["lr"], rdpp["lr_decay"], rdpp["clip_grad"], rdpp["epochs"]) == (0.001, 0.005, 0.0, 5.0, 100)
+    assert (rdpp["step_every"], rdpp["accumulate"]) == (2, False)  # zero_grad before every backward, a step every 2nd
     official = {k: getattr(train, k) for k in train.config_keys}
     train.apply_protocol(official, [])
     assert official == {k: getattr(train, k) for k in train.config_keys}  # official: the defaults as they are
