@@ -4,6 +4,7 @@ method and settings a checkpoint implies, and building its networks for scoring.
 scripts/sweep.py and the benchmarks call it; every function takes what it needs as arguments.
 
     folder = run_dir("runs", "bottle")                     # runs/bottle: checkpoint.pth, config.json, loss.csv, ...
+    folder = run_dir("runs", run_name(["bottle", "cable"]))  # runs/bottle+cable: one model of both (the unified setting)
     ckpt = load_checkpoint(ckpt_path("runs", "bottle"))     # {'bn', 'decoder', RD++ 'proj', ours 'config', ...}
     settings = resolve_settings(ckpt, path, {"data_root": "", "category": "", ...})   # what was not given, from the checkpoint
     network = load_network(ckpt, settings, torch.device("cpu"), path)  # teacher + student, BatchNorms folded
@@ -11,9 +12,14 @@ scripts/sweep.py and the benchmarks call it; every function takes what it needs 
 A checkpoint is {'bn', 'decoder'} state dicts (the official names), RD++ also 'proj'; ours add 'optimizer', 'epoch',
 'step' and 'config' (train.py's settings). Checkpoints are written by CheckpointWriter in a background thread
 (utils.io.save_checkpoint: atomically) and loaded with utils.io.safe_load (weights_only=True).
+
+A run's folder is <out_dir>/<run name>: the category of a one-category model; for a model of several categories
+(train.py --categories=...) run_name of them, its config "categories" the sorted list and "category" "", each
+category's evaluation in <out_dir>/<run name>/<category>/ (category_folder) and their mean beside the checkpoint.
 """
 
 import functools
+import hashlib
 import os
 import threading
 
@@ -29,16 +35,39 @@ from utils.io import safe_load, save_checkpoint
 OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
 # a resumed run must have been trained with the same values of these (RD++ also of RDPP_RESUME_KEYS); the sweep
 # counts a result as done when it was trained with the requested values of them, epochs and method
-RESUME_KEYS = ("category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed")
+RESUME_KEYS = ("category", "categories", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed",
+               "lr_decay", "clip_grad", "drop_last")
 RDPP_RESUME_KEYS = ("proj_lr", "weight_proj", "step_every", "accumulate", "ssot")
-# what checkpoints written before a resume key existed were trained with
-LEGACY_VALUES = {"accumulate": False}
+# what checkpoints written before a resume key existed were trained with (categories: [their category], saved_setting)
+LEGACY_VALUES = {"accumulate": False, "lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False}
+MAX_RUN_NAME = 64
 # the settings test.py and export.py take from the checkpoint when they are not given
 CHECKPOINT_SETTINGS = ("data_root", "category", "out_dir", "weights", "backbone", "image_size")
 
 
+def run_name(categories):
+    """The run folder's name for a model of these categories: the category for one; for several the sorted names
+    joined by '+' (bottle+cable+screw), or, when that would be longer than 64 characters or a name holds a '+',
+    unified_<n>_categories_<the first 8 hex digits of the sha256 of the sorted names joined by commas>."""
+    names = sorted(categories)
+    if len(names) == 1:
+        return names[0]
+    joined = "+".join(names)
+    if len(joined) <= MAX_RUN_NAME and not any("+" in n for n in names):
+        return joined
+    return f"unified_{len(names)}_categories_{hashlib.sha256(','.join(names).encode()).hexdigest()[:8]}"
+
+
 def run_dir(out_dir, category):
     return os.path.join(out_dir, category)
+
+
+def category_folder(settings, category):
+    """Where test.py writes a category's evaluation of the checkpoint `settings` describe (resolve_settings):
+    <out_dir>/<category>, or <out_dir>/<run name>/<category> for a model of several categories."""
+    if len(settings["categories"]) > 1:
+        return os.path.join(run_dir(settings["out_dir"], run_name(settings["categories"])), category)
+    return run_dir(settings["out_dir"], category)
 
 
 def ckpt_path(out_dir, category):
@@ -78,6 +107,13 @@ class LossLog:
 def resume_keys(method):
     """The settings a resumed run of this method must share with its checkpoint."""
     return list(RESUME_KEYS) + (list(RDPP_RESUME_KEYS) if method == "rd++" else [])
+
+
+def saved_setting(config, name):
+    """A setting's value in a saved training config; for one saved before the setting existed, its legacy value."""
+    if name == "categories" and not config.get(name):  # one category's model, before categories were recorded
+        return [config.get("category")]
+    return config.get(name, LEGACY_VALUES.get(name))
 
 
 def copy_to_cpu(obj):
@@ -153,17 +189,27 @@ def checkpoint_method(ckpt, path):
 def resolve_settings(ckpt, path, given, need_data_root=True):
     """The settings to score the checkpoint at `path` with: each of CHECKPOINT_SETTINGS from `given` (the command
     line's, '' or 0 when not given) where the checkpoint has none; where it has one, they must agree with it
-    (backbone, image_size) or take its place. Plus its seed and method. need_data_root=False: scoring a folder
-    of new images needs no data_root."""
+    (backbone, image_size) or take its place. Plus its seed, method and `categories` (those it was trained on);
+    `category` is the one to score, "" for all of a unified model's. need_data_root=False: scoring a folder of new
+    images needs no data_root."""
     trained = ckpt.get("config", OFFICIAL_CONFIG)
     settings = {}
-    for name in CHECKPOINT_SETTINGS:
+    for name in (n for n in CHECKPOINT_SETTINGS if n != "category"):
         value, saved = given.get(name), trained.get(name)
         if name in ("backbone", "image_size") and value and "config" in ckpt and value != saved:
             raise ConfigError(f"--{name}={value}: {path} was trained with {name}={saved}")
         settings[name] = value or saved
         if not settings[name] and (name != "data_root" or need_data_root):
             raise ConfigError(f"--{name} is required: {path} does not say which {name} it was trained on")
+    # the categories it was trained on: a unified checkpoint lists them, a one-category one names its category
+    settings["categories"] = trained.get("categories") or [c for c in [trained.get("category") or given.get("category")] if c]
+    if not settings["categories"]:
+        raise ConfigError(f"--category is required: {path} does not say which category it was trained on")
+    unified = len(settings["categories"]) > 1
+    if unified and given.get("category") and given["category"] not in settings["categories"]:
+        raise ConfigError(f"--category={given['category']}: {path} was trained on {', '.join(settings['categories'])}, not on it")
+    # a one-category model may be scored on another category; "" for a unified one without --category: all of them
+    settings["category"] = given.get("category") or ("" if unified else settings["categories"][0])
     settings["seed"] = trained.get("seed", 0)
     settings["method"] = checkpoint_method(ckpt, path)
     return settings

@@ -1,12 +1,21 @@
 """
-MVTec AD folder layout, loaded once into memory as uint8 tensors (decoded and resized once per run).
+MVTec AD folder layout, read as uint8 tensors (decoded and resized once).
 
     DATA_ROOT/CATEGORY/train/good/*.png                  normal training images
     DATA_ROOT/CATEGORY/test/<type>/*.png                 test images; <type> 'good' is normal
     DATA_ROOT/CATEGORY/ground_truth/<type>/NNN_mask.png  a mask per anomalous test image
 
-    from dataset import load_train_images, load_test_set
+    from dataset import load_train_images, load_train_set, load_test_set
     images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8; model.encoder.normalize for the teacher
+    images = load_train_set("data/mvtec", ["bottle", "cable"], 256, "auto", cache_dir, device, "bottle+cable")  # train.py's
+    batch = images[order[:16]]                                 # (16,3,256,256) uint8 on device, either way
+
+load_train_set serves train.py the training images of one category or of several together (the unified setting:
+one model on the union, in the order of the sorted categories, each category's files sorted). They are decoded
+once into a file of the cache folder (image_store.py) and reused by later runs; then either the whole set is kept
+in memory on the training device (in_memory=1, as a tensor) or each batch is read from that file when it is needed
+(in_memory=0: memory that does not grow with the number of images); auto keeps them in memory when they take at
+most half of the memory available (utils/memory.py). Both give the same batches, bit for bit.
 
 Any category name works. Images are read by utils/images.py (torch-free, shared with scripts/predict_onnx.py):
 listings are sorted; grayscale, palette and RGBA images become RGB; images are resized with PIL's antialiased
@@ -23,8 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from image_store import open_store
 from utils.config import ConfigError
 from utils.images import IMAGE_EXTENSIONS, list_images, load_all, open_image, read_images
+from utils.memory import memory_decision
+
 
 def load_mask(path, size, image_path):
     """((size,size) bool tensor, whether the file held values other than 0 and 255): the mask binarised (any non-zero
@@ -57,15 +69,72 @@ def category_dir(data_root, category):
     return folder
 
 
-def load_train_images(data_root, category, size):
-    """All images of CATEGORY/train/good as one (N,3,size,size) uint8 tensor."""
+def train_image_paths(data_root, category):
+    """Sorted paths of the images of CATEGORY/train/good."""
     folder = os.path.join(category_dir(data_root, category), "train", "good")
     if not os.path.isdir(folder):
         raise ConfigError(f"{folder}: missing; training needs normal images in CATEGORY/train/good")
     paths = list_images(folder)
     if not paths:
         raise ConfigError(f"{folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return load_images(paths, size)
+    return paths
+
+
+def load_train_images(data_root, category, size):
+    """All images of CATEGORY/train/good as one (N,3,size,size) uint8 tensor."""
+    return load_images(train_image_paths(data_root, category), size)
+
+
+def find_categories(data_root, names):
+    """The sorted category names of a --categories value: 'a,b,c', or 'all' for every folder of data_root that has
+    train/good. Each must be a folder of data_root."""
+    if names == "all":
+        if not os.path.isdir(data_root):
+            raise ConfigError(f"data_root={data_root}: no such folder")
+        found = sorted(d for d in os.listdir(data_root) if os.path.isdir(os.path.join(data_root, d, "train", "good")))
+        if not found:
+            raise ConfigError(f"--categories=all: no folder of data_root={data_root} has train/good")
+        return found
+    found = sorted(set(c.strip() for c in names.split(",") if c.strip()))
+    if not found:
+        raise ConfigError(f"--categories={names}: expected comma-separated category names, or all")
+    for c in found:
+        category_dir(data_root, c)
+    return found
+
+
+class StreamedImages:
+    """The training images as train.py indexes them, read from the store at each batch: images[index] with a slice,
+    a list or an int64 tensor of positions -> (B,3,S,S) uint8 tensor on `device`, like the in-memory tensor's."""
+
+    def __init__(self, store, device):
+        self.store, self.device = store, device
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, index):
+        rows = range(len(self.store))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()
+        return torch.from_numpy(self.store.read(rows)).to(self.device)
+
+
+def load_train_set(data_root, categories, size, in_memory, cache_dir, device, label):
+    """The train/good images of the categories, in training order: an (N,3,S,S) uint8 tensor on device
+    (in_memory=1), a StreamedImages (0), or whichever of the two fits (auto); see the module docstring. The store is
+    <cache_dir>/<data_root's name>-<label>-<size>px-<key>.rdstore (image_store.store_path); train.py's label is
+    the run's name (checkpoints.run_name)."""
+    paths = [p for c in categories for p in train_image_paths(data_root, c)]
+    store = open_store(paths, data_root, categories, size, cache_dir, label)
+    if in_memory == "auto":
+        keep, line = memory_decision("in_memory", f"the {len(paths)} training images", len(paths) * 3 * size * size, device)
+        print(line + (": kept in memory" if keep else f": read batch by batch from {store.path}"))
+    else:
+        keep = in_memory == "1"
+    if not keep:
+        return StreamedImages(store, device)
+    images = torch.from_numpy(store.read_all())
+    store.close()
+    return images.to(device)
 
 
 def mask_path_for(category_folder, defect, image_path):

@@ -33,7 +33,7 @@ import sys
 import numpy as np
 import torch
 
-from checkpoints import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings, run_dir
+from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings
 from dataset import load_test_set, load_train_images
 from model.encoder import normalize
 from model.scoring import predict
@@ -107,8 +107,9 @@ def project_version():
 
 def evaluation_metadata(settings):
     """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, printing what it found."""
-    saved, problem = find_evaluation(run_dir(settings["out_dir"], settings["category"]), checkpoint, settings["image_size"], map_mode)
-    path = os.path.join(run_dir(settings["out_dir"], settings["category"]), "results.json")
+    folder = category_folder(settings, settings["category"])  # a unified model's: <out_dir>/<run name>/<category>
+    saved, problem = find_evaluation(folder, checkpoint, settings["image_size"], map_mode)
+    path = os.path.join(folder, "results.json")
     if problem or not saved.get("heatmap_range"):
         reason = problem or f"{path} holds no heatmap_range"
         print(f"note: no evaluation: {reason}; the model carries no threshold and no heatmap range "
@@ -279,6 +280,9 @@ def main():
     import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if int8 else ()))
     ckpt = load_checkpoint(checkpoint)
     settings = resolve_settings(ckpt, checkpoint, {name: globals()[name] for name in CHECKPOINT_SETTINGS})
+    if int8 and not settings["category"]:
+        raise ConfigError(f"--int8=1: {checkpoint} is a model of {', '.join(settings['categories'])}; pass --category=<one of them> "
+                          "to calibrate on its training images and check on its test split")
     network = load_network(ckpt, settings, torch.device("cpu"), checkpoint)
     metadata = {
         "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],

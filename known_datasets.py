@@ -99,6 +99,31 @@ DATASETS = {
                                         "; Real-IAD with all five camera views, each an image (prepare_dataset --views=all)")),
 }
 
+# ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a, 2025-01-29): RD and RD++
+# as ONE model of all a dataset's categories (the unified setting), 100 epochs at 256x256, the means over the
+# categories in %: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD. results.py shows them under a
+# unified run's rows when its categories are all of the dataset.
+ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "pixel_iou_max", "mad")
+ADER_SOURCE = "ADer's benchmark of the unified setting (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a)"
+ADER_UNIFIED = {
+    (dataset, method): Reference(f"ADer benchmark, {label}, one model of {DATASETS[dataset].name}, 100 epochs (mean)",
+                                 dict(zip(ADER_COLUMNS, (v / 100 for v in row))), ADER_SOURCE)
+    for (dataset, method, label), row in {
+        ("mvtec_ad", "rd", "RD"): (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
+        ("mvtec_ad", "rd++", "RD++"): (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2),
+        ("visa", "rd", "RD"): (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
+        ("visa", "rd++", "RD++"): (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7),
+        ("mvtec_3d", "rd", "RD"): (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
+        ("mvtec_3d", "rd++", "RD++"): (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4),
+        ("mvtec_loco", "rd", "RD"): (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
+        ("mvtec_loco", "rd++", "RD++"): (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2),
+        ("btad", "rd", "RD"): (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
+        ("btad", "rd++", "RD++"): (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3),
+        ("mpdd", "rd", "RD"): (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
+        ("mpdd", "rd++", "RD++"): (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3),
+    }.items()
+}
+
 # RD++'s official number of training epochs per MVTec AD category (its code, tientrandinh/Revisiting-Reverse-Distillation,
 # trains each category this long); train.py --official_epochs=1
 OFFICIAL_EPOCHS = dict(zip(MVTEC_AD.categories, (10, 260, 10, 260, 100, 200, 240, 300, 160, 160, 200, 280, 280, 300, 300)))

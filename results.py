@@ -5,12 +5,25 @@ results.md with it after every category; test.py --images and export.py find an 
     states = collect("runs", ["bottle", "screw"], train_config)   # {category: Result(state, results, sweep)}
     text = write_results_md("runs", "data/mvtec", ["bottle", "screw"], train_config)   # runs/results.md
     evaluation, problem = find_evaluation("runs/bottle", checkpoint, image_size=256, map_mode="add")
+    mean = write_mean("runs/bottle+cable", ["bottle", "cable"], same)   # a unified model's mean over its categories
 
 A run folder <out_dir>/<category>/ holds checkpoint.pth and config.json (train.py), results.json and scores.csv
 (test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is train.py's settings as a dict (utils.config
 .script_settings("train.py") with the --name=value overrides): a category's results count for it when they were
 trained with its values of the checkpoint's resume_keys, epochs and method; the others show as "other settings".
 The reference rows under ours and their sources are known_datasets.py's.
+
+A unified run (one model of several categories, train.py --categories=...; `run` its name, checkpoints.run_name)
+holds checkpoint.pth, config.json, log.txt and sweep.json (the training), results.json (the mean over the
+categories, write_mean) and results.md in <out_dir>/<run>/, and each category's files in <out_dir>/<run>/<category>/.
+Its results.md has one row for the model, per category and the mean, beside ADer's published unified rows where the
+categories are all of a dataset ADer benchmarks.
+
+The mean results.json has the per-category files' metric names with their mean over the categories (each category
+weighs the same, whatever its number of test images: ADer's "Avg"), `categories` (all the model was trained on),
+`evaluated` and `missing` (those with and without a results.json of this evaluation), `per_category` ({category:
+{metric: value}}) and `undefined` ({metric: reason}) for a metric that some category could not define: its mean is
+then over the others. Thresholds (image_f1_threshold) are per category and are not averaged.
 """
 
 import json
@@ -18,10 +31,11 @@ import os
 from collections import namedtuple
 from datetime import datetime
 
-from checkpoints import LEGACY_VALUES, resume_keys, run_dir
-from known_datasets import MVTEC_AD, OFFICIAL_EPOCHS, dataset_for
+from checkpoints import resume_keys, run_dir, saved_setting
+from known_datasets import ADER_UNIFIED, DATASETS, MVTEC_AD, OFFICIAL_EPOCHS, dataset_for
 from utils.config import ConfigError
-from utils.files import atomic_write_text
+from utils.files import atomic_write_json, atomic_write_text
+from utils.metrics import METRIC_NAMES
 
 # state: done | failed | running | interrupted | other settings | not run; results: results.json (test.py), sweep:
 # sweep.json (scripts/sweep.py), each None where missing
@@ -30,6 +44,7 @@ COMPARED_KEYS = ["epochs", "method"]  # with the checkpoint's resume_keys: a res
 METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
           ("AUPRO", "pixel_aupro"), ("mIoU-max (ADer)", "pixel_iou_max"), ("mAD (ADer)", "mad")]
+AVERAGED = tuple(name for name in METRIC_NAMES if not name.endswith("_threshold"))  # a unified model's mean has these
 
 
 def as_json(value):
@@ -45,11 +60,14 @@ def read_json(path):
         return None
 
 
-def requested_config(train_config, category):
-    """The settings of train.py's config (a dict) that a category's results must have been trained with to count."""
+def requested_config(train_config, category, unified_categories=None):
+    """The settings of train.py's config (a dict) that a category's results must have been trained with to count;
+    for a unified run (unified_categories: the sorted list) what train.py --categories=... records."""
     keys = resume_keys(train_config["method"]) + COMPARED_KEYS
-    requested = {k: as_json(category if k == "category" else train_config[k]) for k in keys}
-    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS:  # train.py trains (and records) these
+    run_settings = ({"category": "", "categories": unified_categories} if unified_categories
+                    else {"category": category, "categories": [category]})  # what train.py --category=C records
+    requested = {k: as_json(run_settings.get(k, train_config[k])) for k in keys}
+    if train_config["official_epochs"] and category in OFFICIAL_EPOCHS and not unified_categories:  # train.py trains (and records) these
         requested["epochs"] = OFFICIAL_EPOCHS[category]
     return requested
 
@@ -57,14 +75,26 @@ def requested_config(train_config, category):
 def differences(trained, requested):
     """'name=trained (requested value)' for each requested setting a run was not made with."""
     # runs from before RD++ was added are RD's; those from before a train.py setting existed had its legacy value
-    trained = {"method": "rd", **LEGACY_VALUES, **(trained or {})}
-    return [f"{k}={trained.get(k)!r} (requested {v!r})" for k, v in requested.items() if as_json(trained.get(k)) != v]
+    trained = {"method": "rd", **(trained or {})}
+    saved = {k: saved_setting(trained, k) for k in requested}
+    return [f"{k}={saved[k]!r} (requested {v!r})" for k, v in requested.items() if as_json(saved[k]) != v]
 
 
-def category_state(out_dir, category, requested):
+def result_folder(out_dir, category, run=None):
+    """Where a category's results.json, sweep.json and log.txt are: <out_dir>/<category>, or <out_dir>/<run>/<category>
+    for the categories of a unified run."""
+    return os.path.join(out_dir, run, category) if run else run_dir(out_dir, category)
+
+
+def table_path(out_dir, run=None):
+    """results.md: <out_dir>/results.md, or <out_dir>/<run>/results.md for a unified run."""
+    return os.path.join(out_dir, run, "results.md") if run else os.path.join(out_dir, "results.md")
+
+
+def category_state(out_dir, category, requested, run=None):
     """Result(state, results, sweep): state is done | failed | running | interrupted | other settings | not run.
     The latest sweep attempt has the last word: a category being redone or that failed shows no older numbers."""
-    folder = run_dir(out_dir, category)
+    folder = result_folder(out_dir, category, run)
     info = read_json(os.path.join(folder, "sweep.json"))
     results = read_json(os.path.join(folder, "results.json"))
     if info and not differences(info.get("config"), requested) and info.get("status") != "done":
@@ -129,12 +159,26 @@ def metric_rows(key, columns, states, backbone, method):
     return rows
 
 
-def collect(out_dir, categories, train_config):
+def unified_rows(key, columns, states, backbone, method):
+    """A unified run's rows for one metric: ours, then ADer's published mean of the same method when the categories are
+    all of a dataset it benchmarks (one-category references would not compare with one model of them all)."""
+    rows = [our_row(f"ours, {METHOD_LABELS[method]} ({backbone}), one model of the {len(columns)} categories", key, columns, states)]
+    known = dataset_for(columns)
+    name = next((k for k, d in DATASETS.items() if d is known), None)
+    reference = ADER_UNIFIED.get((name, method)) if known and set(known.categories) == set(columns) else None
+    if reference is not None and reference.values.get(key) is not None:
+        rows.append([reference.label, f"{reference.values[key]:.3f}", *([""] * len(columns))])
+    return rows
+
+
+def collect(out_dir, categories, train_config, run=None):
     """{category: Result(state, results, sweep)} of these categories and of every other category under out_dir made
     with the same settings (by other sweeps into this out_dir, e.g. the jobs of a Slurm array), from
-    <out_dir>/<category>/{results,sweep}.json alone; in the known dataset's order."""
-    states = {c: category_state(out_dir, c, requested_config(train_config, c)) for c in categories}
-    if os.path.isdir(out_dir):
+    <out_dir>/<category>/{results,sweep}.json alone; in the known dataset's order. For a unified run (`run` its name),
+    of these categories in <out_dir>/<run>/<category>/."""
+    unified_categories = sorted(categories) if run else None
+    states = {c: category_state(out_dir, c, requested_config(train_config, c, unified_categories), run) for c in categories}
+    if os.path.isdir(out_dir) and not run:
         for name in sorted(os.listdir(out_dir)):
             if name not in states and os.path.isdir(os.path.join(out_dir, name)):
                 state = category_state(out_dir, name, requested_config(train_config, name))
@@ -143,9 +187,11 @@ def collect(out_dir, categories, train_config):
     return {c: states[c] for c in ordered(states)}
 
 
-def results_md(out_dir, data_root, categories, train_config):
-    """results.md's text: a table per metric (ours and the reference rows), wall times and notes, from collect()."""
-    states = collect(out_dir, categories, train_config)
+def results_md(out_dir, data_root, categories, train_config, run=None):
+    """results.md's text: a table per metric (ours and the reference rows), wall times and notes, from collect();
+    for a unified run (`run` its name) the one model's row per category, its training time once."""
+    states = collect(out_dir, categories, train_config, run)
+    unified_categories = sorted(categories) if run else None
     columns = list(states)
     known = dataset_for(columns)
     header = ["", "Avg", *(title(c) for c in columns)]
@@ -153,18 +199,30 @@ def results_md(out_dir, data_root, categories, train_config):
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
     lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
              + (f" ({known.name})" if known else ""), "",
-             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
+             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items()
+                                         if k not in ("category", "categories"))
              + ". "
              f"{counts['done']} of {len(columns)} categories done"
              + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
-             + f". Per category: {out_dir}/<category>/ (results.json, log.txt). "
-             f"Written at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
+             + (f". One model of all {len(columns)} categories: {out_dir}/{run}/ (checkpoint.pth, log.txt, results.json: the mean), "
+                f"per category: {out_dir}/{run}/<category>/ (results.json, log.txt). " if run else
+                f". Per category: {out_dir}/<category>/ (results.json, log.txt). ")
+             + f"Written at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
+    ader_rows = False
     for name, key in TABLES:
-        lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"])), ""]
-        if key == "pixel_auroc" and known is MVTEC_AD:
+        rows = (unified_rows if run else metric_rows)(key, columns, states, cfg["backbone"], cfg["method"])
+        ader_rows = ader_rows or (run and len(rows) > 1)
+        lines += [f"## {name}", "", *markdown_table(header, rows), ""]
+        if key == "pixel_auroc" and known is MVTEC_AD and not run:
             lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
                       "average 0.9735; its Avg here is the mean of the values in its row.", ""]
-    if known and known.references:
+    if ader_rows:
+        lines += [f"Reference rows: {ADER_UNIFIED[next(k for k, d in DATASETS.items() if d is known), cfg['method']].source}. One model "
+                  "per dataset; ADer's RD has other teacher weights and a narrower OCBE, and its pixel metrics are binned. "
+                  "Our rows come from test.py's results.json.", ""]
+    elif run:
+        lines += ["No reference rows: ADer's benchmark publishes unified rows for whole datasets only.", ""]
+    elif known and known.references:
         sources = "; ".join(dict.fromkeys(reference.source for reference in known.references))
         lines += [f"Reference rows: {sources}."
                   + (" anomalib's Avg covers the same categories as ours; the paper and RD++ report only 15-category means."
@@ -182,7 +240,18 @@ def results_md(out_dir, data_root, categories, train_config):
         return info.get(key) if state == "done" and info and info.get(key) is not None else None
 
     wall_rows = []
-    for label, keys in (("train", ["train_seconds"]), ("test", ["test_seconds"]), ("train + test", ["train_seconds", "test_seconds"])):
+    if run:  # one training for all the categories, then an evaluation per category
+        train_info = read_json(os.path.join(out_dir, run, "sweep.json")) or {}
+        train_seconds = train_info.get("train_seconds") if train_info.get("status") == "done" else None
+        tests = [seconds(c, "test_seconds") for c in columns]
+        known = [v for v in tests if v is not None]
+        test_total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
+        wall_rows = [["train (s), all categories", f"{train_seconds:.1f}" if train_seconds is not None else "-", *([""] * len(columns))],
+                     ["test (s)", test_total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
+                                                for c, v in zip(columns, tests))]]
+        if train_seconds is not None and known:
+            wall_rows.append(["train + test (s)", f"{train_seconds + sum(known):.1f}", *([""] * len(columns))])
+    for label, keys in () if run else (("train", ["train_seconds"]), ("test", ["test_seconds"]), ("train + test", ["train_seconds", "test_seconds"])):
         values = [None if any(seconds(c, k) is None for k in keys) else sum(seconds(c, k) for k in keys) for c in columns]
         known = [v for v in values if v is not None]
         total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
@@ -194,18 +263,54 @@ def results_md(out_dir, data_root, categories, train_config):
 
     notes = [f"- {c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
     notes += [f"- {c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
-    notes += [f"- {c}: results.json is from other settings, not shown: {', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c)))}"
+    notes += [f"- {c}: results.json is from other settings, not shown: "
+              f"{', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c, unified_categories)))}"
               for c in columns if states[c][0] == "other settings"]
     if notes:
         lines += ["## Notes", "", *notes, ""]
     return "\n".join(lines)
 
 
-def write_results_md(out_dir, data_root, categories, train_config):
-    """<out_dir>/results.md (results_md), written atomically; returns its text."""
-    text = results_md(out_dir, data_root, categories, train_config)
-    atomic_write_text(os.path.join(out_dir, "results.md"), text + "\n")
+def write_results_md(out_dir, data_root, categories, train_config, run=None):
+    """<out_dir>/results.md, or <out_dir>/<run>/results.md for a unified run (results_md), written atomically;
+    returns its text."""
+    text = results_md(out_dir, data_root, categories, train_config, run)
+    atomic_write_text(table_path(out_dir, run), text + "\n")
     return text
+
+
+def read_category(run_folder, category, same):
+    """<run_folder>/<category>/results.json if it exists, is readable and same(results) holds, else None."""
+    results = read_json(os.path.join(run_folder, category, "results.json"))
+    return results if results is not None and same(results) else None
+
+
+def mean_results(per_category):
+    """({metric: mean over the categories that define it}, {metric: why it is over fewer of them}) of
+    {category: results}."""
+    means, undefined = {}, {}
+    for name in AVERAGED:
+        values = [r[name] for r in per_category.values() if r.get(name) is not None]
+        means[name] = sum(values) / len(values) if values else None
+        without = [c for c, r in per_category.items() if r.get(name) is None]
+        if without:
+            undefined[name] = (f"undefined for {', '.join(without)}: the mean of the other {len(values)}" if values
+                               else "undefined for every category")
+    return means, undefined
+
+
+def write_mean(run_folder, categories, same, extra=None):
+    """Write <run_folder>/results.json: the mean over the categories' results.json for which same(results) holds (this
+    checkpoint, image size and map mode), as the module docstring says; `extra` is copied in (checkpoint, method,
+    ...). Returns what it wrote."""
+    per_category = {c: r for c in categories if (r := read_category(run_folder, c, same)) is not None}
+    means, undefined = mean_results(per_category)
+    results = {"category": "", "categories": list(categories), **means,
+               "evaluated": list(per_category), "missing": [c for c in categories if c not in per_category],
+               "per_category": {c: {name: r.get(name) for name in AVERAGED} for c, r in per_category.items()},
+               "undefined": undefined, **(extra or {})}
+    atomic_write_json(os.path.join(run_folder, "results.json"), results)
+    return results
 
 
 def find_evaluation(folder, checkpoint, image_size, map_mode):

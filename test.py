@@ -1,7 +1,10 @@
 """
-Evaluate a Reverse Distillation (RD or RD++) checkpoint on one category's test split.
+Evaluate a Reverse Distillation (RD or RD++) checkpoint on one category's test split, or a unified checkpoint (one
+model of several categories, train.py --categories=...) on each of its categories' test splits.
 
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth
+    $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth                  # every category, then the mean
+    $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth --category=cable  # one of them
     $ python test.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
     $ python test.py --checkpoint=rdpp_bottle.pth --data_root=data/mvtec --category=bottle     # official RD++ checkpoint
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth --save_images=3   # + 3 picture strips per defect type
@@ -22,6 +25,11 @@ With --images=DIR it scores every image of DIR instead (the test split is not lo
 predict/<file name>.png (input | heatmap) per image. The threshold is --threshold, or the F1-max threshold
 (image_f1_threshold) of the evaluation of this checkpoint in results.json: evaluate first.
 
+A unified checkpoint writes each category's files to <out_dir>/<run name>/<category>/ and the mean over its
+categories to <out_dir>/<run name>/results.json (results.write_mean); a category scores the same whether it is
+evaluated alone (--category=X) or with the others. With --images=DIR it needs --category=X (whose threshold it
+takes, writing <run name>/<X>/predict/) or --threshold.
+
 Heatmaps are comparable across a category: the colormap spans the min..max of all the test set's anomaly
 maps (saved as heatmap_range in results.json and reused by --images), not each image's own range.
 
@@ -29,16 +37,17 @@ Our checkpoints carry their training config; for an official one ({'bn', 'decode
 --data_root and --category, and --backbone/--image_size/--weights if not wide_resnet50_2/256/imagenet.
 """
 
+import json
 import os
 import sys
 import time
 
 import torch
 
-from checkpoints import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings, run_dir
+from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings, run_dir, run_name
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model.scoring import predict
-from results import find_evaluation
+from results import find_evaluation, write_mean
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, check_outputs, write_csv
 from utils.metrics import compute_metrics, metrics_line
@@ -48,7 +57,7 @@ from utils.visualize import evaluation_strip, prediction_strip, save_png, save_p
 # -----------------------------------------------------------------------------
 checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
 data_root = ""  # default: the checkpoint's training data_root
-category = ""  # default: the checkpoint's category
+category = ""  # default: the checkpoint's category; of a unified checkpoint: every category it was trained on
 out_dir = ""  # default: the checkpoint's out_dir ('runs' for official checkpoints)
 weights = ""  # teacher weights, default: the checkpoint's ('imagenet' for official checkpoints)
 backbone = ""  # default: the checkpoint's ('wide_resnet50_2' for official checkpoints)
@@ -87,7 +96,7 @@ def score_folder(ckpt, settings, dev, folder, threshold, checkpoint, batch_size,
     paths = list_images(folder)
     if not paths:
         raise ConfigError(f"images={folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    run_folder = run_dir(settings["out_dir"], settings["category"])
+    run_folder = category_folder(settings, settings["category"])  # a unified model without --category: its run folder
     evaluation, problem = find_evaluation(run_folder, checkpoint, settings["image_size"], map_mode)
     image_threshold = threshold if threshold is not None else evaluation.get("image_f1_threshold")
     if image_threshold is None:
@@ -127,24 +136,56 @@ def main():
     ckpt = load_checkpoint(checkpoint)
     given = {name: globals()[name] for name in CHECKPOINT_SETTINGS}
     settings = resolve_settings(ckpt, checkpoint, given, need_data_root=not images)  # scoring a folder needs no data_root
-    folder = run_dir(settings["out_dir"], settings["category"])  # the outputs, checked before the data and networks
+    unified = len(settings["categories"]) > 1
     if images:
+        if unified and not settings["category"] and threshold is None:
+            raise ConfigError(f"images={images}: {checkpoint} is a model of {', '.join(settings['categories'])}; pass "
+                              "--category=<one of them> to use its threshold, or --threshold=VALUE")
+        folder = category_folder(settings, settings["category"])  # the outputs, checked before the data and networks
         check_outputs(f"out_dir={settings['out_dir']}", os.path.join(folder, "predict"), ["scores.csv"])
         return score_folder(ckpt, settings, dev, images, threshold, checkpoint, batch_size, map_mode, amp, compile)
-    check_outputs(f"out_dir={settings['out_dir']}", folder, ["results.json", "scores.csv"], ["images"] if save_images else [])
-    test_images, masks, labels, paths = load_test_set(settings["data_root"], settings["category"], settings["image_size"])
-    if masks is None:
-        print(f"{settings['category']}: no ground_truth folder: evaluated on image labels from the test folder names "
-              "(good = normal, any other = anomalous); pixel metrics are not computed")
-    network = load_network(ckpt, settings, dev, checkpoint)
+    names = [settings["category"]] if settings["category"] else settings["categories"]
+    run_folder = run_dir(settings["out_dir"], run_name(settings["categories"]))
+    for name in names:  # the outputs, checked before the data and networks
+        check_outputs(f"out_dir={settings['out_dir']}", category_folder(settings, name), ["results.json", "scores.csv"], ["images"] if save_images else [])
+    if unified:
+        check_outputs(f"out_dir={settings['out_dir']}", run_folder, ["results.json"])
+    network = None  # built after the first test set is read: bad data fails before the teacher is built
+    for name in names:
+        test_set = load_test_set(settings["data_root"], name, settings["image_size"])
+        if network is None:
+            network = load_network(ckpt, settings, dev, checkpoint)
+        evaluate(ckpt, settings, network, name, test_set, checkpoint, batch_size, map_mode, amp, compile, save_images)
+    if unified:
+        trained_with = json.loads(json.dumps(ckpt.get("config")))  # as results.json holds it (tuples become lists)
 
+        def same(saved):  # a category's results.json of this checkpoint, evaluated as now
+            return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(checkpoint) and saved.get("train_config") == trained_with
+                    and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == map_mode)
+
+        mean = write_mean(run_folder, settings["categories"], same,
+                          {"checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "image_size": settings["image_size"],
+                           "map_mode": map_mode, "train_config": ckpt.get("config")})
+        print(f"mean over {len(mean['evaluated'])} of {len(mean['categories'])} categories" + (f" (missing: {', '.join(mean['missing'])})" if mean["missing"] else "")
+              + f": {metrics_line(mean)}")
+        print(f"wrote {os.path.join(run_folder, 'results.json')}")
+
+
+def evaluate(ckpt, settings, network, name, test_set, checkpoint, batch_size, map_mode, amp, compile, save_images):
+    """Score one category's test set (load_test_set's), write its results.json, scores.csv and picture strips (the first
+    save_images of each defect type) in category_folder, print its metrics."""
+    test_images, masks, labels, paths = test_set
+    if masks is None:
+        print(f"{name}: no ground_truth folder: evaluated on image labels from the test folder names "
+              "(good = normal, any other = anomalous); pixel metrics are not computed")
     t0 = time.time()
     maps, scores = predict(network, test_images, batch_size, map_mode, amp, compile)  # (N,S,S), (N,)
     predict_seconds = time.time() - t0
     metrics = compute_metrics(scores, labels, maps, masks)
 
+    folder = category_folder(settings, name)
     results = {
-        "category": settings["category"], **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
+        "category": name, **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],
         "image_size": settings["image_size"], "map_mode": map_mode, "seconds_per_image": predict_seconds / len(labels),
         "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
@@ -153,10 +194,10 @@ def main():
     atomic_write_json(os.path.join(folder, "results.json"), results)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
               ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
-    print(f"{settings['category']} ({settings['method']}): {metrics_line(metrics)}")
-    for name, reason in metrics["undefined"].items():
-        if masks is not None or not name.startswith("pixel_"):  # without masks: said once when the test set was loaded
-            print(f"  {name} undefined: {reason}")
+    print(f"{name} ({settings['method']}): {metrics_line(metrics)}")
+    for metric, reason in metrics["undefined"].items():
+        if masks is not None or not metric.startswith("pixel_"):  # without masks: said once when the test set was loaded
+            print(f"  {metric} undefined: {reason}")
     print(f"wrote {os.path.join(folder, 'results.json')} and scores.csv ({len(labels)} images, {predict_seconds / len(labels):.3f}s per image)")
     if save_images:
         n_strips = save_test_strips(folder, save_images, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])

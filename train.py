@@ -1,7 +1,9 @@
 """
-Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 2023) on the normal images of one category.
+Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 2023) on the normal images of one
+category, or one model on those of several (the unified multi-class setting).
 
     $ python train.py --data_root=data/mvtec --category=bottle
+    $ python train.py --data_root=data/mvtec --categories=all --protocol=ader       # one model of every category, ADer's protocol
     $ python train.py --data_root=data/mvtec --category=bottle --method=rd++ --official_epochs=1   # RD++, its epochs
     $ python train.py --data_root=data/demo --category=stripes --backbone=resnet18 --image_size=128 --weights=none
     $ torchrun --nproc_per_node=4 train.py --category=bottle    # data-parallel over 4 GPUs, same global batch
@@ -12,7 +14,14 @@ trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts
 layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
 lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
 the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
-test.py. No test data is looked at here.
+test.py. No test data is looked at here. A model of several categories goes to <out_dir>/<run name>/ instead
+(checkpoints.run_name: bottle+cable+screw, or unified_<n>_categories_<hash> for long lists), its config
+"categories" the sorted list and "category" "".
+
+The training images are decoded once into a file of cache_dir and reused by later runs; they are then kept in
+memory, or read batch by batch from that file when they would not fit (in_memory, dataset.load_train_set): the loop
+is the same either way, and so are the checkpoints, bit for bit. --protocol=ader sets the settings of ADer's unified
+benchmark (PROTOCOLS below); any setting given on the command line wins over the preset.
 """
 
 import contextlib
@@ -27,8 +36,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoints import LEGACY_VALUES, CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir
-from dataset import load_train_images
+from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir, run_name, saved_setting
+from dataset import find_categories, load_train_set
+from image_store import default_cache_dir
 from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from model.encoder import normalize, teacher_features
@@ -37,26 +47,34 @@ from model.projection import ProjectedStudent
 from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, check_outputs
+from utils.memory import memory_decision
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
 method = "rd"  # rd (Deng & Li, CVPR 2022) | rd++ (Tien et al., CVPR 2023: + projection layer and pseudo-anomalies)
 data_root = "data/mvtec"  # folder holding CATEGORY/train/good, CATEGORY/test, CATEGORY/ground_truth
-category = "bottle"  # any sub-folder of data_root
+category = "bottle"  # any sub-folder of data_root: a model of this category alone
+categories = ""  # a,b,c or all (every sub-folder with train/good): ONE model of the union of their normal images, shuffled together; replaces category
 backbone = "wide_resnet50_2"  # teacher: resnet18 | resnet34 | resnet50 | wide_resnet50_2 | wide_resnet101_2
 weights = "imagenet"  # teacher weights: imagenet (torchvision IMAGENET1K_V1) | path to a state dict | none (random)
 image_size = 256  # images are resized to image_size x image_size; a multiple of 32
 batch_size = 16
 epochs = 200
-lr = 0.005  # Adam learning rate, constant
+lr = 0.005  # Adam learning rate
 betas = (0.5, 0.999)  # Adam betas
+lr_decay = 0.0  # lr x0.1 from epoch int(lr_decay * epochs) on and again every as many epochs, set at each batch (timm's StepLR); 0: constant
+clip_grad = 0.0  # clip the total L2 norm of the gradient to this before each optimizer step; 0: no clipping
+drop_last = False  # leave out the last, incomplete batch of each epoch (a different one each epoch)
+protocol = "official"  # official (the defaults here) | ader: ADer's unified benchmark, see PROTOCOLS; settings given on the command line win
 seed = 42  # seeds the OCBE/decoder init, the shuffling and (weights=none) the teacher
 deterministic = False  # deterministic kernels, no cudnn autotuning: reproducible but slower
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
-cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
-out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth, config.json and loss.csv
+in_memory = "auto"  # 1: the decoded training images kept in memory on the device | 0: each batch read from cache_dir (memory flat in the number of images) | auto: 1 if they take at most half the available memory
+cache_teacher = "auto"  # 1: teacher features of the training images computed once (7 MB per 256x256 image), not every step | 0 | auto: 1 if they take at most half the available memory
+cache_dir = ""  # where the decoded training images are kept, one file per data_root, category set and image_size; "": $XDG_CACHE_HOME or ~/.cache, /reverse_distillation
+out_dir = "runs"  # writes <out_dir>/<category or run name>/checkpoint.pth, config.json and loss.csv
 save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
@@ -65,11 +83,38 @@ step_every = 2  # optimizer step after every 2nd batch of an epoch (the official
 accumulate = True  # each step from the summed gradients of its step_every batches, as the official code since its 2023-12-07 fix; False: the official loop before that fix, and ADer's RD++: each step from its own batch's gradient alone, the batches in between only move BatchNorm statistics
 ssot = True  # compute the SSOT term; it compares the batch with a permutation of itself, so it is 0 with zero gradient up to rounding: False skips its cost
 official_epochs = False  # each MVTec AD category's epochs of the official code (10 for carpet and leather ... 300) instead of epochs
-resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
+resume = False  # continue from the run's checkpoint.pth if it exists
 overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
+
+# Protocol presets: setting -> value, applied unless the setting is given on the command line.
+# ader: ADer's unified (multi-class) benchmark, read from github.com/zhangzjn/ADer at commit 902937a (2025-01-29):
+# configs/benchmark/rd/rd_256_100e.py and rd++/rd++_256_100e.py (size 256, 100 epochs, batch 16, seed 42, Adam betas
+# (0.5, 0.999) with lr 0.005; RD++: its projection layer 0.001, the rest 5 x 0.001), configs/__base__/cfg_common.py
+# (clip_grad 5.0, DataLoader drop_last, scaler none), optim/scheduler.py (timm StepLRScheduler stepped every
+# iteration, decay_t = int(0.8 * epochs) epochs of iterations, x0.1), trainer/_base_trainer.py and rd_trainer.py
+# (zero_grad, backward, clip_grad_norm over the network, step). Its config's weight_decay 0.05 never reaches an
+# optimizer. trainer/rdpp_trainer.py zeroes the gradients before every backward and steps on every 2nd iteration
+# (accumulate=False), and builds RD++'s two Adam optimizers after the scheduler was attached to the base trainer's
+# own optimizer, which never steps: RD++'s learning rates stay constant there, hence lr_decay 0.
+PROTOCOLS = {
+    "official": {},
+    "ader": {"image_size": 256, "epochs": 100, "batch_size": 16, "lr": 0.005, "betas": (0.5, 0.999), "seed": 42,
+             "lr_decay": 0.8, "clip_grad": 5.0, "drop_last": True, "official_epochs": False},
+}
+PROTOCOLS_RDPP = {"official": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2, "accumulate": False}}  # RD++ on top
+
+
+def apply_protocol(settings, argv):
+    """Set settings[name] to the preset of settings['protocol'] for every name not given in argv (--name=value);
+    scripts/sweep.py applies it to its runs' settings too."""
+    if settings["protocol"] not in PROTOCOLS:
+        raise ConfigError(f"--protocol={settings['protocol']}: must be {' or '.join(PROTOCOLS)}")
+    given = {arg[2:].split("=", 1)[0] for arg in argv}
+    preset = {**PROTOCOLS[settings["protocol"]], **(PROTOCOLS_RDPP[settings["protocol"]] if settings["method"] == "rd++" else {})}
+    settings.update({k: v for k, v in preset.items() if k not in given})
 
 
 def check_config(config):
@@ -89,7 +134,13 @@ def check_config(config):
         (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
         (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
         (c["step_every"] >= 1, "step_every", "at least 1"),
-        (not c["official_epochs"] or c["category"] in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (not c["official_epochs"] or (c["category"] in OFFICIAL_EPOCHS and not c["categories"]), "official_epochs",
+         f"used only with --category= one of the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (math.isfinite(c["clip_grad"]) and c["clip_grad"] >= 0, "clip_grad", "a gradient norm, 0 for no clipping"),
+        (0 <= c["lr_decay"] <= 1, "lr_decay", "a fraction of the epochs in [0, 1], 0 for a constant lr"),
+        (not c["lr_decay"] or int(c["lr_decay"] * c["epochs"]) >= 1, "lr_decay", "at least 1/epochs: int(lr_decay * epochs) is the first decayed epoch, and 0 would divide by zero"),
+        (c["in_memory"] in ("auto", "1", "0"), "in_memory", "auto, 1 or 0"),
+        (c["cache_teacher"] in ("auto", "1", "0"), "cache_teacher", "auto, 1 or 0"),
     ]
     for ok, name, expected in checks:
         if not ok:
@@ -130,32 +181,51 @@ def setup_distributed():
     return dist.get_rank(), world_size, dev
 
 
+def use_teacher_cache(setting, encoder, images, dev, amp, log):
+    """cache_teacher (setting) as yes or no: 1, 0, or for auto whether the features of all images fit (utils/memory.py), said."""
+    if setting != "auto":
+        return setting == "1"
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        taps = encoder(normalize(images[:1]))  # 3 taps, each (1,C,H,W), of the dtype the cache would have
+    n_bytes = len(images) * sum(t.numel() * t.element_size() for t in taps)
+    keep, line = memory_decision("cache_teacher", f"the teacher's features of {len(images)} images", n_bytes, dev)
+    log(line + (": computed once" if keep else ": computed at every step"))
+    return keep
+
+
 def main():
-    global epochs
+    global epochs, category
     apply_overrides(globals(), sys.argv[1:], config_keys)
+    apply_protocol(globals(), sys.argv[1:])
     check_config({k: globals()[k] for k in config_keys})
+    trained_categories = find_categories(data_root, categories) if categories else [category]
+    category = trained_categories[0] if len(trained_categories) == 1 else ""  # "": a unified model
+    name = run_name(trained_categories)
     if official_epochs:  # RD++
         epochs = OFFICIAL_EPOCHS[category]
     rdpp = method == "rd++"
     config = {k: globals()[k] for k in config_keys}
+    config["categories"] = trained_categories
     rank, world_size, dev = setup_distributed()
     log = print if rank == 0 else lambda *args: None
-    path = ckpt_path(out_dir, category)
+    path = ckpt_path(out_dir, name)
     if rank == 0:  # the one process that writes; another's try could race with its removal of a folder it made
-        check_outputs(f"out_dir={out_dir}", run_dir(out_dir, category), files=[os.path.basename(path), "config.json"])
+        check_outputs(f"out_dir={out_dir}", run_dir(out_dir, name), files=[os.path.basename(path), "config.json"])
     if os.path.exists(path) and not (resume or overwrite):
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
 
     set_seed(seed, deterministic)
     # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
-    images = load_train_images(data_root, category, image_size).to(dev)  # (N,3,S,S) uint8, decoded once
-    steps_per_epoch = math.ceil(len(images) / batch_size)
+    images = load_train_set(data_root, trained_categories, image_size, in_memory, cache_dir or default_cache_dir(), dev, name)  # (N,3,S,S) uint8
+    steps_per_epoch = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"--drop_last=1: {len(images)} training images make no full batch of {batch_size}; lower batch_size")
     if rdpp and steps_per_epoch < step_every:
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
         for k in resume_keys(method):
-            trained_with = checkpoint.get("config", {}).get(k, LEGACY_VALUES.get(k))
+            trained_with = saved_setting(checkpoint.get("config", {}), k)
             if trained_with != config[k]:
                 raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={trained_with!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
@@ -183,6 +253,8 @@ def main():
         pseudo_anomalies = SimplexPatches(image_size, seed)
     # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
     optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    decay_steps = int(lr_decay * epochs) * steps_per_epoch  # timm's StepLR decay_t, counted in batches
     step = 0  # batches done; the epoch and the batch within it follow from it
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -192,11 +264,11 @@ def main():
 
     # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
     writer = CheckpointWriter()
-    loss_log = LossLog(loss_csv_path(out_dir, category), step // steps_per_epoch) if rank == 0 else None
+    loss_log = LossLog(loss_csv_path(out_dir, name), step // steps_per_epoch) if rank == 0 else None
 
     def save():
         if rank == 0:
-            atomic_write_json(os.path.join(run_dir(out_dir, category), "config.json"), config)  # beside its checkpoint
+            atomic_write_json(os.path.join(run_dir(out_dir, name), "config.json"), config)  # beside its checkpoint
             writer.write(path, {**{name: module.state_dict() for name, module in trained.items()}, "optimizer": optimizer.state_dict(),
                                 "epoch": step // steps_per_epoch, "step": step, "config": config})
 
@@ -218,10 +290,10 @@ def main():
     # The teacher is frozen and there is no augmentation, so its features of a training image never change:
     # computed once (3 taps, each (N,C,H,W)), they save its forward pass at every step (a sixth of a CPU step)
     # for the same numbers.
-    teacher_cache = teacher_features(encoder, images, batch_size, amp) if cache_teacher else None
+    teacher_cache = teacher_features(encoder, images, batch_size, amp) if use_teacher_cache(cache_teacher, encoder, images, dev, amp, log) else None
     saved_at = time.monotonic()
-    log(f"training {category} ({method}): {len(images)} images, {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}"
-        + (f" x {world_size} processes" if world_size > 1 else ""))
+    log(f"training {name} ({method}): {len(images)} images" + (f" of {len(trained_categories)} categories" if not category else "")
+        + f", {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}" + (f" x {world_size} processes" if world_size > 1 else ""))
     while step < epochs * steps_per_epoch:
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
@@ -263,6 +335,11 @@ def main():
                     writer.wait()  # a checkpoint being written is the last good one: it must be complete
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
                 if update:
+                    if clip_grad:
+                        torch.nn.utils.clip_grad_norm_([p for group in param_groups for p in group["params"]], clip_grad)
+                    if lr_decay:
+                        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                            group["lr"] = base_lr * 0.1 ** (step // decay_steps)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 total, n_losses = total + loss.item(), n_losses + 1

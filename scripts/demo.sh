@@ -4,6 +4,7 @@
 # The teacher is a *randomly initialised* resnet18 (--weights=none), so this runs offline anywhere.
 #   $ bash scripts/demo.sh                  # extra --name=value settings are passed on to the sweep
 #   $ bash scripts/demo.sh --method=rd++    # RD++ instead of RD, into runs/demo_rdpp
+#   $ bash scripts/demo.sh --unified=1      # ONE model of the three categories, into runs/demo/disc+grid_gray+stripes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out_dir=runs/demo

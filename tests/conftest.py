@@ -77,3 +77,16 @@ def new_images(data_root, tmp_path_factory):
     Image.open(os.path.join(good, "002.png")).convert("RGBA").save(folder / "e_rgba.png")
     (folder / "notes.txt").write_text("not an image")
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """The decoded-image stores train.py writes (image_store.default_cache_dir) go to a temporary folder, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache_home")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)  # subprocesses inherit it
+    yield str(folder)
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
