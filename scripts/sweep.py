@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import test as test_script  # noqa: E402  (importing either script only defines its settings; nothing runs)
 import train as train_script  # noqa: E402
 from known_datasets import dataset_for  # noqa: E402  (scripts/, this script's folder)
+from report import write_sweep_report  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write_json, atomic_write_text  # noqa: E402
 from utils.io import ckpt_path, run_dir  # noqa: E402
@@ -177,8 +178,29 @@ def metric_rows(key, columns, states, backbone, method):
     return rows
 
 
+def markdown(blocks):
+    """results.md's text from the document's blocks (see sweep_document)."""
+    lines = []
+    for kind, *content in blocks:
+        if kind == "table":
+            lines += markdown_table(*content[:2])
+        elif kind == "ul":
+            lines += [f"- {item}" for item in content[0]]
+        else:
+            lines.append({"h1": "# ", "h2": "## ", "p": ""}[kind] + content[0])
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_table(out_dir, data_root, requested_categories, train_config):
     """results.md's text, from <out_dir>/<category>/{results,sweep}.json alone."""
+    return markdown(sweep_document(out_dir, data_root, requested_categories, train_config))
+
+
+def sweep_document(out_dir, data_root, requested_categories, train_config):
+    """The sweep's tables as blocks, ('h1' | 'h2' | 'p', text), ('ul', [items]) or ('table', header, rows, categories
+    of the columns), from <out_dir>/<category>/{results,sweep}.json alone: results.md (markdown) and report.html
+    (report.write_sweep_report, each cell of a category's column linking to its report) are written from them."""
     states = {c: category_state(out_dir, c, requested_config(train_config, c)) for c in requested_categories}
     # also categories made with the same settings by other sweeps into this out_dir (e.g. the jobs of a Slurm array)
     if os.path.isdir(out_dir):
@@ -190,29 +212,30 @@ def build_table(out_dir, data_root, requested_categories, train_config):
     columns = ordered(states)
     known = dataset_for(columns)
     header = ["", "Avg", *(title(c) for c in columns)]
+    linked = [None, None, *columns]  # the category of each column
     cfg = train_config
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
-    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
-             + (f" ({known.name})" if known else ""), "",
-             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
-             + ". "
-             f"{counts['done']} of {len(columns)} categories done"
-             + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
-             + f". Per category: {out_dir}/<category>/ (results.json, log.txt). "
-             f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
+    blocks = [("h1", f"{'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
+               + (f" ({known.name})" if known else "")),
+              ("p", "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items() if k != "category")
+               + ". "
+               f"{counts['done']} of {len(columns)} categories done"
+               + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
+               + f". Per category: {out_dir}/<category>/ (results.json, log.txt, report.html). "
+               f"Written by scripts/sweep.py at {datetime.now():%Y-%m-%d %H:%M:%S}.")]
     for name, key in TABLES:
-        lines += [f"## {name}", "", *markdown_table(header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"])), ""]
+        blocks += [("h2", name), ("table", header, metric_rows(key, columns, states, cfg["backbone"], cfg["method"]), linked)]
         if key == "pixel_auroc" and any(c in MVTEC for c in columns):
-            lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
-                      "average 0.9735; its Avg here is the mean of the values in its row.", ""]
+            blocks.append(("p", "anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
+                           "average 0.9735; its Avg here is the mean of the values in its row."))
     if any(c in MVTEC for c in columns):
-        lines += ["Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
-                  "RD++ report only 15-category means. Our rows come from test.py's results.json.", ""]
+        blocks.append(("p", "Reference rows: SPEC.md section 6. anomalib's Avg covers the same categories as ours; the paper and "
+                       "RD++ report only 15-category means. Our rows come from test.py's results.json."))
     elif known:
-        lines += [f"Reference rows: {known.source}." if known.references else
-                  f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+        blocks.append(("p", f"Reference rows: {known.source}." if known.references else
+                       f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite."))
     if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
-        lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
+        blocks.append(("p", "n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only."))
 
     def seconds(c, key):
         state, _, info = states[c]
@@ -225,17 +248,26 @@ def build_table(out_dir, data_root, requested_categories, train_config):
         total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
         wall_rows.append([f"{label} (s)", total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
                                                      for c, v in zip(columns, values))])
-    lines += ["## Wall time", "", *markdown_table(["", "Total", *(title(c) for c in columns)], wall_rows), "",
-              "Training time sums every attempt that built the checkpoint (an interrupted run resumed counts both); "
-              "each includes starting Python and loading the data.", ""]
+    blocks += [("h2", "Wall time"), ("table", ["", "Total", *(title(c) for c in columns)], wall_rows, linked),
+               ("p", "Training time sums every attempt that built the checkpoint (an interrupted run resumed counts both); "
+                "each includes starting Python and loading the data.")]
 
-    notes = [f"- {c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
-    notes += [f"- {c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
-    notes += [f"- {c}: results.json is from other settings, not shown: {', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c)))}"
+    notes = [f"{c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
+    notes += [f"{c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
+    notes += [f"{c}: results.json is from other settings, not shown: {', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c)))}"
               for c in columns if states[c][0] == "other settings"]
     if notes:
-        lines += ["## Notes", "", *notes, ""]
-    return "\n".join(lines)
+        blocks += [("h2", "Notes"), ("ul", notes)]
+    return blocks
+
+
+def write_tables(out_dir, data_root, requested_categories, train_config):
+    """<out_dir>/results.md and <out_dir>/report.html; returns results.md's text."""
+    blocks = sweep_document(out_dir, data_root, requested_categories, train_config)
+    text = markdown(blocks)
+    atomic_write_text(os.path.join(out_dir, "results.md"), text + "\n")
+    write_sweep_report(out_dir, blocks)
+    return text
 
 
 # -----------------------------------------------------------------------------
@@ -258,9 +290,7 @@ class Sweep:
 
     def write_table(self):
         with self.lock:
-            text = build_table(self.out_dir, self.data_root, self.categories, self.train_config)
-            atomic_write_text(os.path.join(self.out_dir, "results.md"), text + "\n")
-        return text
+            return write_tables(self.out_dir, self.data_root, self.categories, self.train_config)
 
     def on_signal(self, signum, _frame):
         """Ctrl-C / SIGTERM: each train.py saves a checkpoint at its next step and exits; a second signal kills them."""
@@ -432,10 +462,8 @@ def main():
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
-        text = build_table(out_dir, data_root, ordered(names), train_config)
-        atomic_write_text(os.path.join(out_dir, "results.md"), text + "\n")
-        print(text)
-        print(f"wrote {os.path.join(out_dir, 'results.md')}")
+        print(write_tables(out_dir, data_root, ordered(names), train_config))
+        print(f"wrote {os.path.join(out_dir, 'results.md')} and report.html")
         return
     names = find_categories(data_root)
     slots = gpu_slots(train_config["device"])
@@ -459,7 +487,7 @@ def main():
             w.join(timeout=0.5)  # short waits: the main thread must stay free to run the signal handler
 
     print("\n" + sweep.write_table(), flush=True)
-    print(f"wrote {os.path.join(out_dir, 'results.md')}")
+    print(f"wrote {os.path.join(out_dir, 'results.md')} and report.html")
     if sweep.stop_signals:
         print(f"interrupted by signal {sweep.stop_signals[0]}: rerun the same command to resume (finished categories are skipped)")
     for category in sweep.failed:
