@@ -5,9 +5,8 @@ MVTec AD folder layout, loaded once into memory as uint8 tensors (decoded and re
     DATA_ROOT/CATEGORY/test/<type>/*.png                 test images; <type> 'good' is normal
     DATA_ROOT/CATEGORY/ground_truth/<type>/NNN_mask.png  a mask per anomalous test image
 
-    from dataset import load_train_images, load_test_set, normalize
-    images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8
-    x = normalize(images[:16].to(device))                      # (16,3,256,256) float, ImageNet-normalised
+    from dataset import load_train_images, load_test_set
+    images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8; model.encoder.normalize for the teacher
 
 Any category name works. Images are read by utils/images.py (torch-free, shared with scripts/predict_onnx.py):
 listings are sorted; grayscale, palette and RGBA images become RGB; images are resized with PIL's antialiased
@@ -26,10 +25,6 @@ from PIL import Image
 
 from utils.config import ConfigError
 from utils.images import IMAGE_EXTENSIONS, list_images, load_all, open_image, read_images
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def load_mask(path, size, image_path):
     """((size,size) bool tensor, whether the file held values other than 0 and 255): the mask binarised (any non-zero
@@ -129,10 +124,3 @@ def check_orphan_masks(folder, defect, image_paths):
     for name in sorted(os.listdir(mask_folder)):
         if name.lower().endswith(IMAGE_EXTENSIONS) and name not in expected:
             raise ConfigError(f"{os.path.join(mask_folder, name)}: mask without its test image in {os.path.join(folder, 'test', defect)}")
-
-
-def normalize(images):
-    """uint8 (B,3,H,W) -> float (B,3,H,W): ToTensor's /255, then ImageNet mean/std, on the images' device."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std

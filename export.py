@@ -35,15 +35,17 @@ import sys
 import numpy as np
 import torch
 
-import test as evaluation
-from dataset import load_test_set, load_train_images, normalize
+from checkpoints import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings, run_dir
+from dataset import load_test_set, load_train_images
+from model.encoder import normalize
+from model.scoring import predict
+from results import find_evaluation
 from threshold import choose_threshold, load_calibration
-from utils.anomaly_map import anomaly_map, predict
+from utils.anomaly_map import anomaly_map
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write, first_line
-from utils.io import load_checkpoint, run_dir
-from utils.metrics import compute_metrics
-from utils.runtimes import FORMAT
+from utils.files import atomic_write, check_outputs, first_line
+from utils.metrics import compute_metrics, metrics_line
+from utils.runtimes import FORMAT, SCORE_TOLERANCE
 
 # -----------------------------------------------------------------------------
 checkpoint = ""  # path of a checkpoint written by train.py, or an official RD4AD one
@@ -76,7 +78,6 @@ METADATA = {  # key: meaning; every value is a string
     "checkpoint": "the exported checkpoint's path",
     "version": "the project's version: `git describe --always --dirty` of the exporting checkout",
 }
-PARITY_TOLERANCE = 1e-5  # of the map range: the exported graph against test.py's scoring, checked at export
 
 
 class ImageScorer(torch.nn.Module):
@@ -112,8 +113,8 @@ def project_version():
 def evaluation_metadata(settings):
     """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, and threshold and
     threshold_source as test.py --images chooses them (threshold.json first), printing what it found."""
+    saved, problem = find_evaluation(run_dir(settings["out_dir"], settings["category"]), checkpoint, settings["image_size"], map_mode)
     path = os.path.join(run_dir(settings["out_dir"], settings["category"]), "results.json")
-    saved = evaluation.load_evaluation(os.path.dirname(path), settings)
     calibration, note = load_calibration(checkpoint, settings["image_size"], map_mode)
     if note:
         print(f"note: {note}")
@@ -121,9 +122,8 @@ def evaluation_metadata(settings):
     chosen = {"threshold": repr(choice.value) if choice.value is not None else "", "threshold_source": choice.source}
     if calibration:
         print(f"threshold {choice.value:.6f} from {calibration['path']}")
-    if saved.get("image_f1_threshold") is None or not saved.get("heatmap_range"):
-        reason = f"{path} does not exist" if not os.path.isfile(path) else (
-            f"{path} holds no image_f1_threshold of checkpoint={checkpoint} at image_size={settings['image_size']}, map_mode={map_mode}")
+    if problem or not saved.get("heatmap_range"):
+        reason = problem or f"{path} holds no heatmap_range"
         print(f"note: no evaluation: {reason}; the model carries no F1-max threshold and no heatmap range "
               f"(evaluate with python test.py --checkpoint={checkpoint} and export again, or give predict_onnx.py --threshold)")
         return {"image_f1_threshold": "", "heatmap_range": "", "evaluation": f"none: {reason}", **chosen}
@@ -145,7 +145,7 @@ def export_onnx(scorer, image_size, metadata):
 
 
 def check_parity(model, network, image_size):
-    """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (utils.anomaly_map.predict)."""
+    """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (model.scoring.predict)."""
     import onnxruntime
 
     images = torch.randint(0, 256, (3, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -154,7 +154,7 @@ def check_parity(model, network, image_size):
     graph_maps, graph_scores = session.run(None, {"image": images.numpy()})
     map_error = np.abs(graph_maps - maps.numpy()).max() / float(maps.max() - maps.min())
     score_error = np.abs(graph_scores / scores.numpy() - 1).max()
-    if not (map_error <= PARITY_TOLERANCE and score_error <= PARITY_TOLERANCE):
+    if not (map_error <= SCORE_TOLERANCE and score_error <= SCORE_TOLERANCE):
         raise RuntimeError(f"the exported graph does not score as test.py: maps differ by {map_error:.2e} of their range, scores by {score_error:.2e}")
     print(f"checked with onnxruntime: maps within {map_error:.1e} of their range, scores within {score_error:.1e} of test.py's")
 
@@ -264,10 +264,8 @@ def quantize_int8(onnx_path, settings, metadata):
         maps, scores = openvino_scores(model, test_images.numpy(), batch=8)
         results[name] = compute_metrics(scores, labels, maps, masks)
         results[name]["heatmap_range"] = (float(maps.min()), float(maps.max()))
-    shown = ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1")
     for name in ("fp32", "int8"):
-        print(f"{name} on {settings['category']}'s test split ({len(labels)} images): "
-              + " | ".join(f"{k} {results[name][k]:.4f}" if results[name][k] is not None else f"{k} n/a" for k in shown))
+        print(f"{name} on {settings['category']}'s test split ({len(labels)} images): {metrics_line(results[name], digits=4)}")
     int8_results = results["int8"]
     if int8_results["image_f1_threshold"] is not None:
         lo, hi = int8_results["heatmap_range"]
@@ -291,12 +289,12 @@ def main():
     onnx_path = out or os.path.join(os.path.dirname(checkpoint), "model.onnx")
     if not onnx_path.endswith(".onnx"):
         raise ConfigError(f"--out={onnx_path}: must end with .onnx")
+    stem = os.path.basename(onnx_path)[:-len(".onnx")]
+    check_outputs(f"out={onnx_path}", os.path.dirname(onnx_path), [stem + ".onnx", *([stem + "_int8.xml", stem + "_int8.bin"] if int8 else [])])
     import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if int8 else ()))
-    for name in ("checkpoint", "data_root", "category", "out_dir", "weights", "backbone", "image_size", "map_mode"):
-        setattr(evaluation, name, globals()[name])  # test.py's settings are its module's globals
     ckpt = load_checkpoint(checkpoint)
-    settings = evaluation.resolve_settings(ckpt)
-    network = evaluation.load_network(ckpt, settings, torch.device("cpu"))
+    settings = resolve_settings(ckpt, checkpoint, {name: globals()[name] for name in CHECKPOINT_SETTINGS})
+    network = load_network(ckpt, settings, torch.device("cpu"), checkpoint)
     metadata = {
         "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
         "image_size": str(settings["image_size"]), "map_mode": map_mode, "precision": "fp32",

@@ -9,11 +9,13 @@ Train Reverse Distillation (Deng & Li, CVPR 2022) or RD++ (Tien et al., CVPR 202
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (utils/rdpp.py); its
-lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth;
-evaluate it with test.py. No test data is looked at here.
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
+lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
+the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
+test.py. No test data is looked at here.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -25,13 +27,16 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset import load_train_images, normalize
+from checkpoints import LEGACY_VALUES, CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir
+from dataset import load_train_images
+from known_datasets import OFFICIAL_EPOCHS
 from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from utils.anomaly_map import cosine_loss, teacher_features
-from utils.rdpp import MIN_PATCH, OFFICIAL_EPOCHS, ProjectedStudent, SimplexPatches, projection_loss, step_generator
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss, projection_loss
+from model.projection import ProjectedStudent
+from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
-from utils.files import atomic_write_json
-from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, run_dir
+from utils.files import atomic_write_json, check_outputs
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
@@ -51,12 +56,13 @@ device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
 cache_teacher = True  # teacher features of the training images computed once (7 MB per 256x256 image), not every step
-out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth and config.json
-save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every step
+out_dir = "runs"  # writes <out_dir>/<category>/checkpoint.pth, config.json and loss.csv
+save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
 # RD++ only (method = "rd++"), the official values:
 proj_lr = 0.001  # Adam learning rate of the projection layer (OCBE + decoder keep lr)
 weight_proj = 0.2  # weight of the projection loss (SSOT + 0.01 reconstruction + 0.1 contrast) / 1.11
-step_every = 2  # optimizer step after every 2nd batch of an epoch, from that batch's gradient alone (the official code zeroes gradients before each backward), the other batches only move BatchNorm statistics
+step_every = 2  # optimizer step after every 2nd batch of an epoch (the official accumulation_steps)
+accumulate = True  # each step from the summed gradients of its step_every batches, as the official code since its 2023-12-07 fix; False: the official loop before that fix, and ADer's RD++: each step from its own batch's gradient alone, the batches in between only move BatchNorm statistics
 ssot = True  # compute the SSOT term; it compares the batch with a permutation of itself, so it is 0 with zero gradient up to rounding: False skips its cost
 official_epochs = False  # each MVTec AD category's epochs of the official code (10 for carpet and leather ... 300) instead of epochs
 resume = False  # continue from <out_dir>/<category>/checkpoint.pth if it exists
@@ -64,31 +70,51 @@ overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
-# a resumed run must have been trained with the same values of these
-resume_keys = ["category", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed"]
-rdpp_resume_keys = ["proj_lr", "weight_proj", "step_every", "ssot"]  # and these for RD++
 
 
-def check_config():
-    """Impossible settings fail here, before any data is loaded."""
+def check_config(config):
+    """Impossible settings (a dict of the settings above) fail here, before any data is loaded; scripts/sweep.py
+    checks its runs' settings with it before starting any."""
+    c = config
     checks = [
-        (isinstance(image_size, int) and image_size >= 32 and image_size % 32 == 0, "image_size", "a positive multiple of 32"),
-        (batch_size >= 1, "batch_size", "at least 1"),
-        (epochs >= 1, "epochs", "at least 1"),
-        (math.isfinite(lr) and lr > 0, "lr", "a positive finite number"),
-        (all(0 <= b < 1 for b in betas), "betas", "two numbers in [0, 1)"),
-        (math.isfinite(save_minutes) and save_minutes >= 0, "save_minutes", "a number of minutes, 0 or more"),
-        (0 <= seed < 2**32, "seed", "in [0, 2**32)"),
-        (not (resume and overwrite), "resume", "left off when overwrite=True"),
-        (method in METHODS, "method", " or ".join(METHODS)),
-        (method != "rd++" or image_size // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
-        (math.isfinite(proj_lr) and proj_lr > 0, "proj_lr", "a positive finite number"),
-        (step_every >= 1, "step_every", "at least 1"),
-        (not official_epochs or category in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
+        (c["batch_size"] >= 1, "batch_size", "at least 1"),
+        (c["epochs"] >= 1, "epochs", "at least 1"),
+        (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
+        (all(0 <= b < 1 for b in c["betas"]), "betas", "two numbers in [0, 1)"),
+        (math.isfinite(c["save_minutes"]) and c["save_minutes"] >= 0, "save_minutes", "a number of minutes, 0 or more"),
+        (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
+        (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
+        (c["method"] in METHODS, "method", " or ".join(METHODS)),
+        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
+        (c["step_every"] >= 1, "step_every", "at least 1"),
+        (not c["official_epochs"] or c["category"] in OFFICIAL_EPOCHS, "official_epochs", f"used only for the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
     ]
     for ok, name, expected in checks:
         if not ok:
-            raise ConfigError(f"--{name}={globals()[name]!r}: must be {expected}")
+            raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
+
+
+def batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp):
+    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
+    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
+    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
+    The networks run under bf16 autocast with amp, the losses in float32. scripts/benchmark.py times this step."""
+    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
+        if noisy is None:
+            reconstructed = student(teacher)  # 3 taps
+        else:
+            noisy_teacher = encoder(noisy)  # 3 taps
+            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+    if not len(teacher[0]):
+        # a last batch smaller than the number of processes leaves some an empty shard: they still join
+        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+        return sum(r.sum() for r in reconstructed)
+    loss = cosine_loss(teacher, reconstructed)
+    if noisy is not None:  # RD++: + the projection layer's loss
+        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+    return loss
 
 
 def setup_distributed():
@@ -107,7 +133,7 @@ def setup_distributed():
 def main():
     global epochs
     apply_overrides(globals(), sys.argv[1:], config_keys)
-    check_config()
+    check_config({k: globals()[k] for k in config_keys})
     if official_epochs:  # RD++
         epochs = OFFICIAL_EPOCHS[category]
     rdpp = method == "rd++"
@@ -115,6 +141,8 @@ def main():
     rank, world_size, dev = setup_distributed()
     log = print if rank == 0 else lambda *args: None
     path = ckpt_path(out_dir, category)
+    if rank == 0:  # the one process that writes; another's try could race with its removal of a folder it made
+        check_outputs(f"out_dir={out_dir}", run_dir(out_dir, category), files=[os.path.basename(path), "config.json"])
     if os.path.exists(path) and not (resume or overwrite):
         raise ConfigError(f"{path}: a run already exists; pass --resume=1 to continue it or --overwrite=1 to replace it")
 
@@ -126,9 +154,10 @@ def main():
         raise ConfigError(f"--step_every={step_every}: an epoch of {len(images)} images has {steps_per_epoch} batches of {batch_size}, so no optimizer step would ever be taken; lower step_every or batch_size")
     checkpoint = load_checkpoint(path, dev) if resume and os.path.exists(path) else None
     if checkpoint is not None:
-        for k in resume_keys + (rdpp_resume_keys if rdpp else []):
-            if checkpoint.get("config", {}).get(k) != config[k]:
-                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={checkpoint.get('config', {}).get(k)!r}; resume with the same value or use another out_dir")
+        for k in resume_keys(method):
+            trained_with = checkpoint.get("config", {}).get(k, LEGACY_VALUES.get(k))
+            if trained_with != config[k]:
+                raise ConfigError(f"--{k}={config[k]!r}: {path} was trained with {k}={trained_with!r}; resume with the same value or use another out_dir")
         if ("proj" in checkpoint) != rdpp:
             raise ConfigError(f"--method={method}: {path} is {'an RD++' if 'proj' in checkpoint else 'an RD'} checkpoint; resume with its method or use another out_dir")
         if checkpoint["step"] > epochs * steps_per_epoch:
@@ -163,6 +192,7 @@ def main():
 
     # Checkpoints are copied to memory and written in the background while training goes on (one at a time).
     writer = CheckpointWriter()
+    loss_log = LossLog(loss_csv_path(out_dir, category), step // steps_per_epoch) if rank == 0 else None
 
     def save():
         if rank == 0:
@@ -170,7 +200,7 @@ def main():
             writer.write(path, {**{name: module.state_dict() for name, module in trained.items()}, "optimizer": optimizer.state_dict(),
                                 "epoch": step // steps_per_epoch, "step": step, "config": config})
 
-    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next step boundary with a checkpoint saved.
+    # Ctrl-C or SIGTERM (a scheduler's pre-emption) stop at the next optimizer step with a checkpoint saved.
     stop_signal = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _: stop_signal.append(s))
@@ -196,32 +226,34 @@ def main():
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + epoch)).to(dev)
-        t0, total, n_updates = time.time(), 0.0, 0
+        t0, total, n_losses = time.time(), 0.0, 0  # the epoch's loss: the mean of its batches that ran a backward
         for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
             batch = order[i * batch_size:(i + 1) * batch_size]
             shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
-            # RD++: an optimizer step on every step_every-th batch of the epoch; the batches in between only
-            # move the BatchNorm statistics (the official code computes their gradient, then zeroes it unused)
+            # RD++: an optimizer step on every step_every-th batch of the epoch, as the official loop. accumulate (the
+            # official loop since 94a8df5): each batch adds its gradient and only a step zeroes them, so an epoch's
+            # odd last batch joins the next epoch's first step. Otherwise (before 94a8df5, zero_grad before every
+            # backward) the batches in between only move the BatchNorm statistics.
             update = not rdpp or (i + 1) % step_every == 0
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(update):
+            backward = update or accumulate
+            pending = backward and not update  # a gradient waiting for a later step
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
                 if teacher_cache is None:
                     teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
-                if rdpp and update:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
-                    generator = step_generator(seed, step)  # this step's noise and shuffle, whatever the process
+                noisy = shuffle = None
+                if rdpp and backward:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
+                    generator = step_generator(seed, step)  # this batch's noise and shuffle, whatever the process
                     noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
-                    noisy_teacher = encoder(noisy)  # 3 taps
-                    reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
-                else:
-                    reconstructed = student(teacher)  # 3 taps
-            if update:
-                # a last batch smaller than the number of processes leaves some an empty shard: they still join
-                # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-                loss = cosine_loss(teacher, reconstructed) if len(shard) else sum(r.sum() for r in reconstructed)
-                if rdpp and len(shard):  # RD++: + the projection layer's loss
-                    loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+                if not backward:  # RD++ before 94a8df5, between steps: the student's forward only moves the BatchNorm statistics
+                    student(teacher)
+            if backward:
+                # DDP: a gradient waiting for its step stays in this process (DDP decides at the forward whether the
+                # backward all-reduces); the step's batch all-reduces the sum
+                with student.no_sync() if world_size > 1 and pending else contextlib.nullcontext():
+                    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp)
                 # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
                 (loss * len(shard) * world_size / len(batch)).backward()
                 loss = loss.detach() * len(shard) / len(batch)
@@ -230,12 +262,14 @@ def main():
                 if not torch.isfinite(loss):
                     writer.wait()  # a checkpoint being written is the last good one: it must be complete
                     raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; stopped, {path} keeps the last saved checkpoint, if any (try a lower lr)")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                total, n_updates = total + loss.item(), n_updates + 1
+                if update:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                total, n_losses = total + loss.item(), n_losses + 1
             step += 1
             writer.check()  # a background write that failed (a full disk) stops the run here
-            if time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
+            # checkpoints and signals wait for the step of a pending gradient, which a checkpoint does not hold
+            if not pending and time.monotonic() - saved_at >= save_minutes * 60 and step < epochs * steps_per_epoch:
                 save()
                 saved_at = time.monotonic()
             if world_size > 1:  # every process must stop at the same step
@@ -243,13 +277,16 @@ def main():
                 dist.all_reduce(stop)
                 if stop.item() and not stop_signal:
                     stop_signal.append(signal.SIGTERM)
-            if stop_signal:
+            if stop_signal and not pending:
                 save()
                 writer.wait()
                 log(f"stopped by signal {stop_signal[0]} at epoch {epoch + 1}, step {step}; saved {path}, continue with --resume=1")
                 sys.exit(128 + stop_signal[0])
-        log(f"epoch {epoch + 1}/{epochs} | loss {total / max(n_updates, 1):.4f} | {time.time() - t0:.1f}s")
-    save()
+        epoch_loss, epoch_seconds = total / max(n_losses, 1), time.time() - t0
+        log(f"epoch {epoch + 1}/{epochs} | loss {epoch_loss:.4f} | {epoch_seconds:.1f}s")
+        if loss_log is not None:
+            loss_log.append(epoch + 1, epoch_loss, epoch_seconds)
+    save()  # accumulate: the gradient of an odd last batch is dropped, as at the end of the official loop
     writer.wait()
     log(f"saved {path}")
     if world_size > 1:

@@ -1,5 +1,7 @@
 """Reverse Distillation's three parts: frozen teacher encoder, trainable OCBE (`bn`) and student decoder, and
-RD++'s multi-projection layer (`proj`) that sits between the teacher and the OCBE."""
+RD++'s multi-projection layer (`proj`) that sits between the teacher and the OCBE. Beside them: the teacher's
+input normalisation and feature cache (model/encoder.py), RD++'s student (model/projection.py), the training
+losses (model/losses.py, which needs geomloss) and the scoring network with its predict (model/scoring.py)."""
 
 from model.bn_fusion import OCBE
 from model.de_resnet import Decoder

@@ -1,9 +1,10 @@
 """
 The frozen teacher: a torchvision ResNet cut after layer3, returning the layer1..layer3 features.
 
-    from model.encoder import build_encoder
+    from model.encoder import build_encoder, normalize, teacher_features
     encoder = build_encoder("wide_resnet50_2", weights="imagenet")
-    f1, f2, f3 = encoder(x)  # x (B,3,256,256) -> (B,256,64,64), (B,512,32,32), (B,1024,16,16)
+    f1, f2, f3 = encoder(normalize(images))  # uint8 (B,3,256,256) -> (B,256,64,64), (B,512,32,32), (B,1024,16,16)
+    cache = teacher_features(encoder, images, batch_size=16)  # 3 taps (N,C,H,W) of uint8 images (N,3,S,S)
 
 `weights` is 'imagenet' (torchvision's IMAGENET1K_V1, as the paper; downloaded once into the torch
 cache), a path to a torchvision-format state dict, or 'none' (random init from `seed`, for offline
@@ -21,6 +22,16 @@ from utils.config import ConfigError
 from utils.io import safe_load
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "wide_resnet101_2")
+# the teacher's input: ImageNet's channel statistics, which its pretrained weights expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images):
+    """uint8 (B,3,H,W) -> float (B,3,H,W): ToTensor's /255, then ImageNet mean/std, on the images' device."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
 
 
 class Encoder(nn.Module):
@@ -104,3 +115,23 @@ def build_encoder(backbone, weights="imagenet", seed=0):
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise ConfigError(f"weights={weights}: not a {backbone} state dict ({first})") from None
+
+
+@torch.no_grad()
+def teacher_features(encoder, images, batch_size, amp=False):
+    """The frozen teacher's 3 taps of uint8 images (N,3,S,S), computed batch by batch and written into
+    preallocated (N,C,H,W) tensors (no second copy of all the features, as a torch.cat would make): train.py's
+    teacher cache; bf16 with amp. The encoder itself computes them, not a BatchNorm-folded copy as in
+    inference_network: folding changes the last bits, and Adam's first step turns those into sign flips of
+    whole updates (after one step, about 2% of the weights 2*lr away from the official step's), to save a
+    third of the cache's time, itself about 0.1% of a 200-epoch CPU run. Under no_grad, not inference_mode:
+    the training step saves the features for its backward pass."""
+    taps = None
+    for i in range(0, len(images), batch_size):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+            batch_taps = encoder(normalize(images[i:i + batch_size]))  # 3 taps, each (B,C,H,W)
+        if taps is None:
+            taps = [torch.empty((len(images), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in batch_taps]
+        for tap, t in zip(taps, batch_taps):
+            tap[i:i + len(t)] = t
+    return taps

@@ -6,6 +6,7 @@ InstanceNorm2d and LeakyReLU), so that the student is fed compact, anomaly-free 
     from model.projection import MultiProjection
     proj = MultiProjection("wide_resnet50_2")
     p1, p2, p3 = proj([f1, f2, f3])  # same shapes as the teacher's taps: (B,256,64,64), (B,512,32,32), (B,1024,16,16)
+    student = ProjectedStudent(proj, ocbe, decoder)  # train.py's RD++ student: teacher taps -> projection -> OCBE -> decoder
 
 Tien et al., "Revisiting Reverse Distillation for Anomaly Detection", CVPR 2023 (official code
 tientrandinh/Revisiting-Reverse-Distillation). State-dict keys equal the official ones
@@ -41,3 +42,20 @@ class MultiProjection(nn.Module):
     def forward(self, features):
         f1, f2, f3 = features
         return [self.proj_a(f1), self.proj_b(f2), self.proj_c(f3)]
+
+
+class ProjectedStudent(nn.Module):
+    """RD++'s trainable part as one module (one forward for DDP): teacher taps -> projection -> OCBE -> decoder,
+    plus the projection of the noisy teacher taps that the projection loss needs."""
+
+    def __init__(self, proj, ocbe, decoder):
+        super().__init__()
+        self.proj, self.ocbe, self.decoder = proj, ocbe, decoder
+
+    def forward(self, teacher, noisy_teacher=None):
+        """teacher -> reconstructed taps; (teacher, noisy_teacher) -> (reconstructed, projected, projected noisy)."""
+        projected = self.proj(teacher)  # 3 taps, the teacher's shapes
+        reconstructed = self.decoder(self.ocbe(projected))
+        if noisy_teacher is None:
+            return reconstructed
+        return reconstructed, projected, self.proj(noisy_teacher)

@@ -9,13 +9,15 @@ Speed and memory of Reverse Distillation (RD or RD++) training and inference, on
 
 Prints training images/s (one Adam step of OCBE + decoder, the step train.py runs; with its default
 cache_teacher the teacher's features are computed once, outside the step), inference images/s (teacher +
-student + anomaly map + blur: utils.anomaly_map.predict on test.py's inference_network, BatchNorms folded
+student + anomaly map + blur: model.scoring.predict on test.py's inference_network, BatchNorms folded
 and channels_last; --plain_inference=1 runs the modules as built instead), peak memory (process RSS on CPU,
 max allocated on CUDA) and the projected time of one 200-epoch category of 280 images. --teacher_grad=1
 keeps the teacher's autograd graph and uses the default (unfused) Adam, as the official code does.
 --method=rd++ times RD++'s step as train.py takes it on a stepped batch (noisy teacher pass, projection of both
-batches, the projection loss) and its inference (the projection layer in the student path). Times are medians
-over --steps calls.
+batches, the projection loss), the mean time of a batch of its loop, which steps on every 2nd batch (train.py's
+default accumulate=1: the batch before a step runs the same forward and backward, without the Adam step;
+--accumulate=0, the official loop before its 2023-12-07 fix: that batch only runs the student forward), and its
+inference (the projection layer in the student path). Times are medians over --steps calls.
 
 Beside the step it measures the fixed costs of a train.py process and adds them to the projection: start-up
 (python + imports, timed in a fresh process; building the networks: a teacher loaded from a file, as with
@@ -45,19 +47,26 @@ import torch
 import torchvision
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402  (its default save_minutes; importing it runs no training)
-from dataset import load_images, normalize  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from checkpoints import CheckpointWriter, copy_to_cpu  # noqa: E402
+from dataset import load_images  # noqa: E402
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
-from utils.anomaly_map import TeacherStudent, cosine_loss, inference_network, predict, teacher_features  # noqa: E402
-from utils.io import CheckpointWriter, copy_to_cpu, save_checkpoint  # noqa: E402
-from utils.rdpp import ProjectedStudent, SimplexPatches, projection_loss, step_generator  # noqa: E402
+from model.encoder import normalize, teacher_features  # noqa: E402
+from model.projection import ProjectedStudent  # noqa: E402
+from model.scoring import TeacherStudent, inference_network, predict  # noqa: E402
+from pseudo_anomalies import SimplexPatches, step_generator  # noqa: E402
+from train import batch_loss  # noqa: E402  (train.py's step; importing it runs no training)
+from utils.config import script_settings  # noqa: E402
+from utils.io import save_checkpoint  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
+TRAIN_DEFAULTS = script_settings(os.path.join(ROOT, "train.py"))  # its save_minutes (checkpoint cadence) and weight_proj
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--method", default="rd", help="rd | rd++ (default: rd)")
 parser.add_argument("--ssot", type=int, default=1, help="rd++: compute the SSOT term, 0 | 1 (default: 1, as train.py)")
+parser.add_argument("--accumulate", type=int, default=1, help="rd++: the batch before a step runs its backward too, 0 | 1 (default: 1, as train.py)")
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda (default: cuda if available)")
 parser.add_argument("--backbone", default="wide_resnet50_2", help="default: wide_resnet50_2")
 parser.add_argument("--image_size", type=int, default=256, help="default: 256")
@@ -176,7 +185,7 @@ if dev.type == "cuda":
 
 print(f"{args.method} {args.backbone} {args.image_size}x{args.image_size} batch {args.batch_size} on {dev} | amp {args.amp} compile {args.compile} "
       f"channels_last {args.channels_last} plain_inference {args.plain_inference} teacher_grad {args.teacher_grad} "
-      f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+      f"cache_teacher {int(args.cache_teacher and not args.teacher_grad)}{f' accumulate {args.accumulate}' if rdpp else ''} | torch {torch.__version__}, {torch.get_num_threads()} threads")
 for runtime, seconds in infer_seconds.items():
     versus = f", {seconds / infer_seconds['torch']:.2f}x torch's time" if "torch" in infer_seconds else ""
     print(f"inference {runtime}: {seconds / args.batch_size:.4f} s/image, {args.batch_size / seconds:.1f} images/s (map + blur included{versus})")
@@ -189,27 +198,23 @@ cache_seconds = timed(lambda: teacher_features(encoder, images, args.batch_size,
 teacher_cache = teacher_features(encoder, images, args.batch_size, bool(args.amp)) if use_cache else None
 
 
-def train_step():
+def train_step(update=True):
+    """train.py's step: its batch_loss (RD++: with the noisy teacher pass), backward, and (update) the Adam step."""
     teacher = teacher_cache if use_cache else teacher_step_features()
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
-        if rdpp:  # train.py's RD++ step: the noisy teacher pass, both batches through the projection
-            generator = step_generator(0, 0)
-            noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
-            noisy_teacher = teacher_forward(noisy)
-            student_features, projected, projected_noisy = train_student(teacher, noisy_teacher)
-        else:
-            student_features = train_student(teacher)
-    loss = cosine_loss(teacher, student_features)
-    if rdpp:
+    noisy = shuffle = None
+    if rdpp:  # train.py's RD++ step: a noise patch per image, the SSOT's permutation
+        generator = step_generator(0, 0)
+        noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
         shuffle = torch.randperm(args.batch_size, generator=generator)
-        loss = loss + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, bool(args.ssot))[0]
+    loss = batch_loss(train_student, teacher_forward, teacher, noisy, shuffle, TRAIN_DEFAULTS["weight_proj"], bool(args.ssot), bool(args.amp))
     loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if update:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def statistics_pass():
-    """RD++ with step_every=2: a batch between two steps only runs the student forward for BatchNorm statistics."""
+    """RD++ with accumulate=0: a batch between two steps only runs the student forward for BatchNorm statistics."""
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(args.amp)):
         train_student(teacher_cache if use_cache else teacher_step_features())
 
@@ -217,11 +222,15 @@ def statistics_pass():
 student.train()
 step_seconds = timed(train_step, args.steps)
 # one optimizer step per 2 batches for RD++: the mean time of a batch
-batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2 if rdpp else step_seconds
+if rdpp and args.accumulate:
+    batch_seconds = timed(lambda: (train_step(update=False), train_step()), args.steps) / 2
+elif rdpp:
+    batch_seconds = (step_seconds + timed(statistics_pass, args.steps)) / 2
+else:
+    batch_seconds = step_seconds
 train_memory = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
 
 # The fixed costs of a train.py process, each timed once after a warm-up call (they happen once per run).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with tempfile.TemporaryDirectory() as tmp:
     imports_seconds = timed(lambda: subprocess.run([sys.executable, "-c", "import train"], cwd=ROOT, check=True), 1)
     teacher_file = os.path.join(tmp, "teacher.pth")  # a torchvision state dict, what weights=imagenet loads
@@ -260,11 +269,12 @@ epochs, n_images = 200, 280
 train_seconds = epochs * n_images / train_ips
 startup_seconds = imports_seconds + build_seconds
 data_seconds = n_images * (decode_seconds + cache_seconds / args.batch_size)
-n_background = int(train_seconds // (train.save_minutes * 60))  # train.py's default cadence, then the last one
+n_background = int(train_seconds // (TRAIN_DEFAULTS["save_minutes"] * 60))  # train.py's default cadence, then the last one
 checkpoint_seconds = n_background * background_seconds + write_seconds
 projected = startup_seconds + data_seconds + train_seconds + checkpoint_seconds
 print(f"training:  {step_seconds:.3f} s/step, {train_ips:.1f} images/s"
-      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, the others only move BatchNorm statistics)" if rdpp else ""))
+      + (f" ({batch_seconds:.3f} s per batch: RD++ steps on every 2nd batch, "
+         + ("the batch before it runs its backward too)" if args.accumulate else "the others only move BatchNorm statistics)") if rdpp else ""))
 if dev.type == "cuda":
     print(f"peak memory: training {train_memory / 2**30:.2f} GiB, inference {infer_memory / 2**30:.2f} GiB allocated")
 else:
@@ -277,5 +287,5 @@ print(f"checkpoint: {checkpoint_bytes / 2**20:.0f} MiB, written in {write_second
       f"{beside_seconds:+.2f} s more than {k} steps alone)")
 print(f"projected: one category ({n_images} images x {epochs} epochs) takes {projected / 60:.1f} min = start-up {startup_seconds:.0f} s "
       f"+ data and cache {data_seconds:.0f} s + training {train_seconds:.0f} s + {n_background + 1} checkpoints "
-      f"(every save_minutes={train.save_minutes:g} and the last) {checkpoint_seconds:.1f} s, "
+      f"(every save_minutes={TRAIN_DEFAULTS['save_minutes']:g} and the last) {checkpoint_seconds:.1f} s, "
       f"{100 * checkpoint_seconds / projected:.2f}% of the time")

@@ -46,7 +46,7 @@ def official_loop():
     from torchvision.datasets import ImageFolder
 
     from model import build_model
-    from utils.anomaly_map import cosine_loss
+    from model.losses import cosine_loss
 
     torch.manual_seed(111)
     transform = transforms.Compose([transforms.Resize((args.image_size, args.image_size)), transforms.ToTensor(),

@@ -12,9 +12,9 @@ to RGB, resized to the model's image size with PIL's bilinear filter), whatever 
 (input | heatmap with the score) per image, as `test.py --images=DIR` does with the checkpoint. The threshold is
 --threshold, or the one export.py stored in the model's metadata as test.py --images would choose it (`threshold`:
 threshold.json's, calibrated on good images, else the evaluation's F1-max threshold; a model exported before
-`threshold` existed has only image_f1_threshold), lowered by 1e-5 relative, the tolerance within which the
-runtimes reproduce test.py's scores: the image of the evaluation whose score is the F1-max threshold stays
-anomalous, as in test.py, whatever the runtime's rounding.
+`threshold` existed has only image_f1_threshold), lowered by utils.runtimes.SCORE_TOLERANCE (relative), the
+tolerance within which the runtimes reproduce test.py's scores: the image of the evaluation whose score is the
+F1-max threshold stays anomalous, as in test.py, whatever the runtime's rounding.
 """
 
 import os
@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import write_csv  # noqa: E402
+from utils.files import check_outputs, write_csv  # noqa: E402
 from utils.images import IMAGE_EXTENSIONS, list_images, read_images  # noqa: E402
 from utils.runtimes import RUNTIMES, SCORE_TOLERANCE, load_exported  # noqa: E402
-from utils.visualize import prediction_strip, save_png  # noqa: E402
+from utils.visualize import save_prediction_strips  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = ""  # model.onnx (onnxruntime or openvino) or model_int8.xml (openvino) written by export.py
@@ -54,6 +54,8 @@ def main():
         raise ConfigError("--images is required: the folder of images to score")
     if not os.path.isdir(images):
         raise ConfigError(f"images={images}: no such folder")
+    folder = out_dir or os.path.join(os.path.dirname(model), "predict_onnx")
+    check_outputs(f"out_dir={folder}", folder, ["scores.csv"])
     paths = list_images(images)
     if not paths:
         raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -75,11 +77,7 @@ def main():
     # threshold is the score of one of its images, which must not turn normal by a rounding of the runtime
     label_threshold = image_threshold * (1 - SCORE_TOLERANCE)
     labels = [int(score >= label_threshold) for score in scores]
-    folder = out_dir or os.path.join(os.path.dirname(model), "predict_onnx")
-    for path, image, amap, score in zip(paths, new_images, maps, scores):
-        name = os.path.basename(path)
-        name = name if name.lower().endswith(".png") else name + ".png"
-        save_png(os.path.join(folder, name), prediction_strip(image, amap, score, heat_range, label_threshold))
+    save_prediction_strips(folder, paths, new_images, maps, scores, heat_range, label_threshold)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "score", "label"],
               ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores, labels)))
     source = "--threshold" if threshold is not None else f"the model's metadata: {metadata.get('threshold_source', 'image_f1_threshold')}"

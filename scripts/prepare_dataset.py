@@ -46,7 +46,7 @@ sys.path.insert(0, ROOT)
 
 from dataset import IMAGE_EXTENSIONS, list_images, mask_path_for, open_image  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
+from utils.files import atomic_write, check_outputs  # noqa: E402
 
 # -----------------------------------------------------------------------------
 format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2
@@ -299,9 +299,10 @@ def main():
         raise ConfigError("--src=DIR (the extracted dataset) and --dst=DIR (the folder to write) are required")
     need_dir(src, "the extracted dataset")
     check_destination(src, dst)
+    partial = dst.rstrip(os.sep) + ".partial"  # written first, renamed to dst when complete
+    check_outputs(f"dst={dst}", os.path.dirname(partial), folders=[os.path.basename(partial)])
     plans = FORMATS[format](src)  # every missing file is found here, before anything is written
 
-    partial = dst.rstrip(os.sep) + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     n_linked = 0
     for plan in plans:

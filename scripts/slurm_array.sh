@@ -21,6 +21,6 @@
 #SBATCH --output=slurm-%A_%a.out
 set -euo pipefail
 
-CATEGORIES=(carpet grid leather tile wood bottle cable capsule hazelnut metal_nut pill screw toothbrush transistor zipper)
-category=${CATEGORIES[$SLURM_ARRAY_TASK_ID]}
+# the MVTec AD category of this job, in known_datasets.py's order (textures, then objects)
+category=$(python -c "import known_datasets; print(known_datasets.MVTEC_AD.categories[$SLURM_ARRAY_TASK_ID])")
 exec python scripts/sweep.py --categories="$category" "$@"

@@ -16,6 +16,19 @@ from make_demo_data import make_category  # noqa: E402
 
 # small and fast: resnet18 teacher, 64x64 images, random teacher weights (no download here)
 SMALL = ["--backbone=resnet18", "--image_size=64", "--weights=none", "--device=cpu"]
+# `python -c WITHOUT_TORCH script.py args` runs the script where torch (and scipy) cannot be imported, as on a
+# machine without them, and fails if it imported them: scripts/predict_onnx.py must run there
+WITHOUT_TORCH = """
+import runpy, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "scipy"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+assert not any(m.split(".")[0] in ("torch", "scipy") for m in sys.modules), "torch or scipy imported"
+"""
 
 
 def run_script(*args, check=True, timeout=600):
@@ -30,6 +43,14 @@ def run_script(*args, check=True, timeout=600):
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_category(str(root), "stripes", size=64, n_train=8, n_test_good=3, n_test_defect=2, seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def rdpp_root(tmp_path_factory):
+    """Generated data at 96x96, the smallest size with room for RD++'s noise patches."""
+    root = tmp_path_factory.mktemp("rdpp_data")
+    make_category(str(root), "stripes", size=96, n_train=8, n_test_good=2, n_test_defect=1, seed=3)
     return str(root)
 
 

@@ -1,5 +1,6 @@
-"""The anomaly map: the device blur equals scipy's gaussian_filter, maps follow the SPEC's formula, and the
-test batch size changes no score."""
+"""The anomaly map: the device blur equals scipy's gaussian_filter, maps follow the official formula (per tap
+1 - cosine along channels, bilinear upsampling with align_corners=True, summed or multiplied, sigma-4 blur), and
+the test batch size changes no score."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from model import build_model
-from dataset import normalize
-from utils.anomaly_map import anomaly_map, cosine_loss, gaussian_blur, inference_network, predict, teacher_features
+from model.encoder import normalize, teacher_features
+from model.losses import cosine_loss
+from model.scoring import inference_network, predict
+from utils.anomaly_map import anomaly_map, gaussian_blur
 
 
 @pytest.mark.parametrize("shape", [(3, 256, 256), (2, 64, 48), (1, 7, 5), (1, 1, 40)])

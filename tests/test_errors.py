@@ -1,6 +1,7 @@
 """
-Bad inputs fail early with one line, `error: <path or setting>: <what is expected>`, a non-zero exit, no Python
-traceback (unless --debug=1), and without touching the outputs of an earlier run.
+Bad inputs, and output locations that cannot be written, fail early with one line, `error: <path or setting>:
+<what is expected>`, a non-zero exit, no Python traceback (unless --debug=1), and without touching the outputs of
+an earlier run; an OS error that can only show up later (a full disk) is one line too.
 
 Most cases run the scripts inside this process (run_main below): importing torch and building the teacher is
 most of what a subprocess costs here. A few cases use a real `python train.py` to show the same thing end to end.
@@ -9,6 +10,7 @@ Run: python -m pytest -q tests/test_errors.py   (about a minute on 2 CPU cores)
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -17,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 import warnings
 
@@ -24,8 +27,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMALL, run_script
+from conftest import ROOT, SMALL, WITHOUT_TORCH, run_script
 from model import OCBE, Decoder
+from utils.config import run_cli
+from utils.files import check_outputs
 
 
 def run_main(script, *args):
@@ -457,3 +462,139 @@ def test_debug_shows_the_traceback(tmp_path):
     result = run_script("test.py", f"--checkpoint={tmp_path / 'none.pth'}", "--debug=1", check=False)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and f"ConfigError: checkpoint={tmp_path / 'none.pth'}: no such file" in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# output locations, checked before the work
+
+
+def listing(folder):
+    """Every folder and file under folder: equal before and after means nothing was made or left behind."""
+    return sorted(os.path.relpath(os.path.join(parent, name), folder)
+                  for parent, folders, files in os.walk(folder) for name in folders + files)
+
+
+# entry point: (its command line writing to the output location OUT, as a function of OUT and the inputs; the
+# output under OUT that a folder (or, for prepare_dataset.py, a file) is put in the way of). The inputs are
+# missing or not loadable wherever the output check comes first: an error about them means the check came late.
+OUTPUTS = {
+    "train": (lambda out, i: ["train.py", f"--data_root={i['data_root']}", "--category=stripes", f"--out_dir={out}",
+                              "--epochs=1", "--overwrite=1", *SMALL], os.path.join("stripes", "checkpoint.pth")),
+    "test": (lambda out, i: ["test.py", f"--checkpoint={i['checkpoint']}", f"--out_dir={out}", "--save_images=1"],
+             os.path.join("stripes", "results.json")),
+    "test_images": (lambda out, i: ["test.py", f"--checkpoint={i['checkpoint']}", f"--out_dir={out}", f"--images={i['nowhere']}",
+                                    "--threshold=0.5"], os.path.join("stripes", "predict", "scores.csv")),
+    "export": (lambda out, i: ["export.py", f"--checkpoint={i['nowhere']}.pth", f"--out={os.path.join(out, 'model.onnx')}", "--int8=1"],
+               "model.onnx"),
+    "predict_onnx": (lambda out, i: ["scripts/predict_onnx.py", f"--model={i['nowhere']}.onnx", f"--images={i['images']}",
+                                     f"--out_dir={out}"], "scores.csv"),
+    "prepare_dataset": (lambda out, i: ["scripts/prepare_dataset.py", "--format=visa", f"--src={i['data_root']}",
+                                        f"--dst={os.path.join(out, 'visa')}"], "visa"),
+    "sweep": (lambda out, i: ["scripts/sweep.py", f"--data_root={i['nowhere']}", f"--out_dir={out}", "--epochs=1", *SMALL],
+              "results.md"),
+}
+
+
+@pytest.fixture
+def output_inputs(data_root, tmp_path):
+    """What the entry points read: the generated data, and a checkpoint whose networks are empty and whose
+    data_root does not exist (test.py gets as far as its output check with it, and no further)."""
+    checkpoint = tmp_path / "inputs" / "checkpoint.pth"
+    checkpoint.parent.mkdir()
+    config = {"method": "rd", "data_root": str(tmp_path / "nowhere"), "category": "stripes", "out_dir": "runs",
+              "backbone": "resnet18", "weights": "none", "image_size": 64, "seed": 0}
+    torch.save({"bn": {}, "decoder": {}, "config": config}, checkpoint)
+    return {"data_root": data_root, "checkpoint": checkpoint, "nowhere": tmp_path / "nowhere",
+            "images": os.path.join(data_root, "stripes", "test", "good")}
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "read_only", "folder_in_the_way"])
+@pytest.mark.parametrize("entry_point", OUTPUTS)
+def test_unwritable_output_fails_before_the_work(output_inputs, tmp_path, entry_point, kind):
+    """An output location under a regular file, on a file system that takes no new files (/proc: as root,
+    permission bits stop nothing), or with a folder where a file goes: one line naming it, before the work."""
+    command, in_the_way = OUTPUTS[entry_point]
+    regular_file = tmp_path / "a_file"
+    regular_file.write_text("not a folder")
+    out, named = {"under_a_file": (regular_file / "out", regular_file), "read_only": ("/proc/rd_outputs", "/proc/rd_outputs"),
+                  "folder_in_the_way": (tmp_path / "out", tmp_path / "out" / in_the_way)}[kind]
+    if kind == "folder_in_the_way" and entry_point == "prepare_dataset":  # it writes a folder: a file is in its way
+        named.parent.mkdir()
+        named.write_text("a file")
+    elif kind == "folder_in_the_way":
+        named.mkdir(parents=True)
+    before = listing(tmp_path)
+    args = command(out, output_inputs)
+    if entry_point == "predict_onnx":  # in a process where torch cannot be imported
+        result = run_script("-c", WITHOUT_TORCH, *args, check=False)
+    else:
+        result = run_main(*args)
+    assert_user_error(result, named)
+    assert listing(tmp_path) == before  # nothing made, nothing left: no probe file, no empty run folder
+    if entry_point == "train":
+        assert "epoch 1/" not in result.stdout + result.stderr
+    if entry_point == "sweep":
+        assert "start " not in result.stdout  # no category started
+
+
+def test_output_check_leaves_nothing_behind(tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    check_outputs("out_dir=x", str(existing), ["results.json"], ["images"])  # writes a file in each, to try
+    check_outputs("out_dir=x", str(tmp_path / "new" / "run"), [os.path.join("predict", "scores.csv")])
+    assert listing(tmp_path) == ["existing"]
+
+
+def test_output_check_survives_a_concurrent_one(tmp_path, monkeypatch):
+    """The sweeps of a Slurm array start together, into one out_dir: another one's check may remove the folder
+    it made just as this one tries writing there. That folder is made again, not reported unwritable."""
+    out_dir = tmp_path / "runs"
+    out_dir.mkdir()  # made by the other check
+    real_mkstemp, tries = tempfile.mkstemp, []
+
+    def mkstemp(**kwargs):
+        tries.append(kwargs["dir"])
+        if len(tries) == 1:
+            os.rmdir(out_dir)  # removed by the other check as this one is about to write
+        return real_mkstemp(**kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    check_outputs(f"out_dir={out_dir}", str(out_dir), ["results.md"])
+    assert tries == [str(out_dir)] * 2
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("error, line", [
+    (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/runs/bottle/config.json"), "/data/runs/bottle/config.json: Permission denied"),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/runs/bottle"), "/mnt/runs/bottle: Read-only file system"),
+    (IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "runs/.a.png.x1.tmp", None, "runs/a.png"), "runs/.a.png.x1.tmp -> runs/a.png: Is a directory"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/b/checkpoint.pth"), "runs/b/checkpoint.pth: no space left on the disk; the files written before are intact"),
+    (OSError("cannot write mode P as JPEG"), "cannot write mode P as JPEG"),  # PIL's, naming no file
+], ids=["EACCES", "EROFS", "rename", "ENOSPC", "no-path"])
+def test_os_error_is_one_line(capsys, error, line):
+    """An OS error that still happens after the checks (a disk that fills up, a mount that turns read-only):
+    run_cli prints `error: <path>: <reason>` and exits 1; --debug=1 keeps the traceback."""
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main, lambda: False)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == f"error: {line}\n"
+    with pytest.raises(type(error)):
+        run_cli(main, lambda: True)
+
+
+def test_late_os_error_keeps_the_outputs_written_before(trained, tmp_path):
+    """A folder where test.py's first picture strip goes, found only when it writes it (after the metrics):
+    one line naming it, exit 1, and results.json and scores.csv of this evaluation are there."""
+    out_dir = tmp_path / "runs"
+    strip = out_dir / "stripes" / "images" / "good_000.png"
+    strip.mkdir(parents=True)
+    result = evaluate(trained[1], out_dir, "--save_images=1")
+    assert assert_user_error(result, strip).endswith("Is a directory")
+    assert result.returncode == 1
+    with open(out_dir / "stripes" / "results.json") as f:
+        assert json.load(f)["checkpoint"] == str(trained[1])
+    assert (out_dir / "stripes" / "scores.csv").is_file()
+

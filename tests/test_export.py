@@ -17,34 +17,22 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_script
+from conftest import WITHOUT_TORCH, run_script
 
 for package in ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf"):
     pytest.importorskip(package, reason=f"{package} is not installed: pip install -r requirements-deploy.txt")
 
 import onnx  # noqa: E402
 
-import test as evaluation  # noqa: E402
+from checkpoints import load_checkpoint, load_network, resolve_settings  # noqa: E402
 from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
-from utils.anomaly_map import predict  # noqa: E402
-from utils.io import load_checkpoint, save_checkpoint  # noqa: E402
+from model.scoring import predict  # noqa: E402
+from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
 
 RUNTIMES = ("onnxruntime", "openvino")
 CATEGORY = "stripes"
-# a meta path finder that refuses torch (and scipy, not needed either): predict_onnx.py must run without them
-WITHOUT_TORCH = """
-import runpy, sys
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "scipy"):
-            raise ImportError(f"{name} is not installed here")
-sys.meta_path.insert(0, Refuse())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-assert not any(m.split(".")[0] in ("torch", "scipy") for m in sys.modules), "torch or scipy imported"
-"""
 
 
 def read_csv(path):
@@ -85,9 +73,9 @@ def exported(request, tmp_path_factory):
 def test_exported_graph_scores_as_test_py(exported, runtime, batch):
     checkpoint, model_path, _ = exported
     ckpt = load_checkpoint(checkpoint)
-    settings = evaluation.resolve_settings(ckpt)
+    settings = resolve_settings(ckpt, checkpoint, {})
     size = settings["image_size"]
-    network = evaluation.load_network(ckpt, settings, torch.device("cpu"))
+    network = load_network(ckpt, settings, torch.device("cpu"), checkpoint)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
     maps, scores = predict(network, images, batch_size=batch)  # test.py's scoring
     graph_maps, graph_scores = load_exported(model_path, runtime)(images.numpy())

@@ -1,4 +1,4 @@
-"""Architecture against the SPEC: parameter counts, output shapes, official key names, a frozen teacher."""
+"""Architecture against the official code (hq-deng/RD4AD): parameter counts, output shapes, official key names, a frozen teacher."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torchvision
 
 from model import BACKBONES, OCBE, Decoder, build_encoder, build_loaded, build_model
 
-# SPEC section 3: (OCBE with the unused conv4/bn4, decoder)
+# the official modules' parameter counts (OCBE with its unused conv4/bn4, decoder)
 PARAMETER_COUNTS = {
     "resnet18": (12_205_312, 3_703_168),
     "resnet34": (16_925_952, 5_770_624),

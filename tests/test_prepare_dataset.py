@@ -313,8 +313,8 @@ def test_masks_with_other_values_are_read_as_binary(tmp_path, capsys):
 
 def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
     """The table from hand-written per-category files: BTAD's order, RD++'s published means and where they are from."""
-    import sweep
     import train
+    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}
     for category in ("03", "01", "02"):
@@ -322,7 +322,7 @@ def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
         results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7,
                    "train_config": dict(config, category=category, betas=list(config["betas"]))}
         (tmp_path / category / "results.json").write_text(json.dumps(results))
-    text = sweep.build_table(str(tmp_path), "data/btad", ["03", "01", "02"], config)
+    text = results_layer.results_md(str(tmp_path), "data/btad", ["03", "01", "02"], config)
     assert text.startswith("# Reverse Distillation on data/btad (BTAD)")
     assert table_row(text, "Image-Level AUC", "") == ["Avg", "01", "02", "03"]
     assert table_row(text, "Image-Level AUC", "RD++ (Tien et al., CVPR 2023), 3-category mean") == ["0.956", "", "", ""]

@@ -1,6 +1,7 @@
 """RD++ (method=rd++): the projection layer's keys and shapes, the pseudo-anomalies, the losses, and the contract
-with the official code: test.py scores an official RD++ checkpoint as the official evaluation does, train.py's
-steps equal a transcription of the official training iterations, and a resumed run ends bit-identical.
+with the official code: test.py scores an official RD++ checkpoint as the official evaluation does, an epoch of
+train.py equals a transcription of the official training loop (as it is now, summing two batches' gradients into
+each step, and as it was before its 2023-12-07 fix), and a resumed run ends bit-identical.
 
 The references are written from the official code's formulas (tientrandinh/Revisiting-Reverse-Distillation):
 torchvision transforms, opensimplex, geomloss with the official arguments, torch's own losses.
@@ -9,6 +10,7 @@ torchvision transforms, opensimplex, geomloss with the official arguments, torch
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,26 +20,19 @@ import numpy as np
 import opensimplex
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 
 from conftest import ROOT, run_script
-from make_demo_data import make_category
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
 from test_reproduction import official_evaluation, reference_images
-from utils.io import load_checkpoint
-from utils.rdpp import SimplexPatches, noise_field, projection_loss, step_generator
+from checkpoints import load_checkpoint
+from model.losses import projection_loss
+from pseudo_anomalies import SimplexPatches, noise_field, step_generator
 
 SIZE = 96  # the smallest multiple of 32 with room for RD++'s patches (10 to SIZE/8 pixels)
 RDPP = ["--method=rd++", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-@pytest.fixture(scope="module")
-def rdpp_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rdpp_data")
-    make_category(str(root), "stripes", size=SIZE, n_train=8, n_test_good=2, n_test_defect=1, seed=3)
-    return str(root)
 
 
 # -----------------------------------------------------------------------------
@@ -169,25 +164,29 @@ def test_official_rdpp_checkpoint_scores_like_the_official_evaluation(data_root,
     assert max(abs(rd_scores[p] - ref_scores[p]) for p in ref_scores) > 1e-3
 
 
-def test_two_batches_equal_the_official_iterations(rdpp_root, tmp_path):
-    """train.py, one epoch of 2 batches with step_every=2, against the official loop: zero_grad, backward, and an
-    Adam step (projection lr 0.001, OCBE + decoder lr 0.005) only after the 2nd batch; the teacher in autograd."""
-    run_script("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
-               "--batch_size=4", "--seed=42", *RDPP)
-    ckpt = load_checkpoint(str(tmp_path / "stripes" / "checkpoint.pth"))
-    assert ckpt["step"] == 2 and set(ckpt) >= {"proj", "bn", "decoder", "optimizer"}
+def official_epoch(root, batch_size, fixed):
+    """One epoch of the official RD++ loop, main.py of tientrandinh/Revisiting-Reverse-Distillation, transcribed:
+    at 7f2ceb7, its newest commit (fixed=True: since 94a8df5 "fix clear gradients", 2023-12-07), every batch's loss
+    goes backward and after every 2nd batch both optimizers step, then zero their gradients, so a step sees the sum of
+    its two batches' gradients; at ffeb286, the commit before (fixed=False), both optimizers zero their gradients
+    before every backward, so a step sees its own batch's gradient alone. Two Adam optimizers with betas (0.5, 0.999):
+    the projection layer's (proj_lr 0.001) and the decoder + OCBE's (distill_lr 0.005); the teacher is kept in
+    autograd; loss = distillation + 0.2 x projection loss. Each batch's noise patches and SSOT shuffle are the ones
+    train.py draws for it (the official dataset draws them from numpy's global state).
 
+    Returns the trained modules by checkpoint name, their initial state dicts, and by "module.name" each parameter's
+    gradients at every optimizer step and Adam's first moment at the end."""
     torch.manual_seed(42)  # train.py's order: teacher (its own seeded RNG), OCBE, decoder, projection
     encoder = build_encoder("resnet18", weights="none", seed=42)
-    ocbe, decoder, proj = OCBE("resnet18"), Decoder("resnet18"), MultiProjection("resnet18")
+    modules = {"bn": OCBE("resnet18"), "decoder": Decoder("resnet18"), "proj": MultiProjection("resnet18")}
+    ocbe, decoder, proj = modules["bn"], modules["decoder"], modules["proj"]
+    initial = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in modules.items()}
     to_tensor = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor()])
     normalise = transforms.Normalize(MEAN, STD)
-    folder = os.path.join(rdpp_root, "stripes", "train", "good")
+    folder = os.path.join(root, "stripes", "train", "good")
     images = torch.stack([to_tensor(Image.open(os.path.join(folder, n)).convert("RGB")) for n in sorted(os.listdir(folder))])
-    order = torch.randperm(8, generator=torch.Generator().manual_seed(42))
-    generator = step_generator(42, 1)  # the noise and shuffle of the batch that is stepped on
-    noise = SimplexPatches(SIZE, 42).patches(4, generator, "cpu")
-    shuffle = torch.randperm(4, generator=generator)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(42))  # epoch 0's
+    pseudo_anomalies = SimplexPatches(SIZE, 42)
 
     optimizer_proj = torch.optim.Adam(proj.parameters(), lr=0.001, betas=(0.5, 0.999))
     optimizer_distill = torch.optim.Adam(list(decoder.parameters()) + list(ocbe.parameters()), lr=0.005, betas=(0.5, 0.999))
@@ -195,61 +194,161 @@ def test_two_batches_equal_the_official_iterations(rdpp_root, tmp_path):
     encoder.requires_grad_(True)
     teacher = encoder.forward.__wrapped__.__get__(encoder)  # the official code keeps the teacher's graph
     cos = torch.nn.CosineSimilarity()
-    for i, (rows, patches) in enumerate([(order[:4], torch.zeros_like(noise)), (order[4:], noise)]):
-        inputs, inputs_noise = teacher(normalise(images[rows])), teacher(normalise(images[rows] + patches))
+    gradients = {}
+    for i, rows in enumerate(order.split(batch_size)):
+        b = len(rows)
+        generator = step_generator(42, i)
+        noise = pseudo_anomalies.patches(b, generator, "cpu")
+        shuffle = torch.randperm(b, generator=generator)
+        inputs, inputs_noise = teacher(normalise(images[rows])), teacher(normalise(images[rows] + noise))
         projected, projected_noise = proj(inputs), proj(inputs_noise)
         ssot, reconstruction, contrast = official_loss_terms(inputs_noise, projected_noise, projected, shuffle)
         loss_proj = (ssot + 0.01 * reconstruction + 0.1 * contrast) / 1.11
         outputs = decoder(ocbe(projected))
-        loss_distill = sum(torch.mean(1 - cos(a.view(4, -1), b.view(4, -1))) for a, b in zip(inputs, outputs))
+        loss_distill = sum(torch.mean(1 - cos(a.view(b, -1), o.view(b, -1))) for a, o in zip(inputs, outputs))
         loss = loss_distill + 0.2 * loss_proj
-        optimizer_proj.zero_grad(), optimizer_distill.zero_grad()
+        if not fixed:
+            optimizer_proj.zero_grad(), optimizer_distill.zero_grad()
         loss.backward()
         if (i + 1) % 2 == 0:
+            for name, module in modules.items():
+                for k, p in module.named_parameters():
+                    if p.grad is not None:
+                        gradients.setdefault(f"{name}.{k}", []).append(p.grad.clone())
             optimizer_proj.step(), optimizer_distill.step()
+            if fixed:
+                optimizer_proj.zero_grad(), optimizer_distill.zero_grad()
+    state = {**optimizer_proj.state, **optimizer_distill.state}
+    moments = {f"{name}.{k}": state[p]["exp_avg"] for name, module in modules.items() for k, p in module.named_parameters() if p in state}
+    return modules, initial, gradients, moments
 
-    for name, module in (("proj", proj), ("bn", ocbe), ("decoder", decoder)):
+
+@pytest.mark.parametrize("accumulate, batch_size", [(True, 2), (False, 4)], ids=["accumulate", "pre-fix"])
+def test_one_epoch_equals_the_official_loop(rdpp_root, tmp_path, accumulate, batch_size):
+    """train.py, one epoch with step_every=2 (accumulate: 4 batches, 2 steps; pre-fix: 2 batches, 1 step), against
+    the official loop of its setting (official_epoch): the gradients each step used, as Adam's first moments, and
+    every parameter and BatchNorm statistic within 1e-5."""
+    run_script("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
+               f"--batch_size={batch_size}", "--seed=42", f"--accumulate={int(accumulate)}", *RDPP)
+    ckpt = load_checkpoint(str(tmp_path / "stripes" / "checkpoint.pth"))
+    n_steps = 8 // batch_size // 2
+    assert ckpt["step"] == 8 // batch_size and set(ckpt) >= {"proj", "bn", "decoder", "optimizer"}
+    assert all(state["step"].item() == n_steps for state in ckpt["optimizer"]["state"].values())
+    modules, initial, gradients, moments = official_epoch(rdpp_root, batch_size, fixed=accumulate)
+
+    # Adam's first moments hold the gradients of the steps (the sums of two batches' with accumulate): equal up to
+    # float32 rounding, 1e-5 of each tensor's largest value. Not the projection convs' biases, explained below.
+    names = [f"{m}.{k}" for m in ("bn", "decoder", "proj") for k, _ in modules[m].named_parameters()]  # train.py's groups
+    indices = [i for group in ckpt["optimizer"]["param_groups"] for i in group["params"]]
+    state = ckpt["optimizer"]["state"]
+    our_moments = {name: state[i]["exp_avg"] for name, i in zip(names, indices, strict=True) if i in state}
+    assert our_moments.keys() == moments.keys()  # the official conv4/bn4 never get a gradient, nor a state
+    for name, moment in moments.items():
+        if not (name.startswith("proj.") and name.endswith("bias")):
+            assert torch.allclose(our_moments[name], moment, atol=1e-5 * moment.abs().max().item(), rtol=0), name
+
+    # Adam moves an element by lr x m/(sqrt(v) + 1e-8): where a gradient is within a few tens of that 1e-8, the
+    # rounding differences of the gradients checked above (~1e-9) become different steps (on an AVX2 CPU: 1 to 3
+    # elements of the model, up to 3e-5 apart). These elements, and the projection convs' biases (each conv is
+    # followed by an InstanceNorm without affine weights, which removes any per-channel constant: their true
+    # gradient is 0, what they get is rounding noise), must both only stay within Adam's largest move of their
+    # initial value (lr at its first step, 1.055 lr at its second with betas 0.5, 0.999); every other element
+    # within 1e-5 of the official one.
+    for name, module in modules.items():
+        lr = 0.001 if name == "proj" else 0.005
+        largest_move = lr * (1 + 1.055 * (n_steps - 1)) + 1e-6
         for k, v in module.state_dict().items():
-            if name == "proj" and k.endswith("bias"):
-                # each conv is followed by an InstanceNorm without affine weights, which removes any per-channel
-                # constant: these biases change no output, their true gradient is 0, and Adam's first step turns
-                # its rounding noise into +-lr. Both must only stay within that step of the initial value.
-                assert (ckpt[name][k] - v).abs().max() <= 2 * 0.001 + 1e-6, f"{name}.{k}"
-                continue
-            assert torch.allclose(ckpt[name][k].float(), v.float(), atol=1e-5, rtol=0), f"{name}.{k}"
-    projected_ours, projected_official = MultiProjection("resnet18"), proj
-    projected_ours.load_state_dict(ckpt["proj"])
-    taps = teacher(normalise(images[:2]))
-    for a, b in zip(projected_ours(taps), projected_official(taps)):
-        assert torch.allclose(a, b, atol=1e-5)  # the biases that differ change nothing
+            ours, where = ckpt[name][k], f"{name}.{k}"
+            noise_driven = torch.full_like(v, name == "proj" and k.endswith("bias"), dtype=torch.bool)
+            for g in gradients.get(where, []):
+                noise_driven |= (g != 0) & (g.abs() < 3e-7)
+            for tensor in (ours, v):
+                assert ((tensor - initial[name][k]).abs() * noise_driven).max() <= largest_move, where
+            assert torch.allclose(ours.float()[~noise_driven], v.float()[~noise_driven], atol=1e-5, rtol=0), where
+    # the biases that differ change no output: the official projection with our biases computes the same
+    official = modules["proj"]
+    with_our_biases = MultiProjection("resnet18")
+    with_our_biases.load_state_dict({k: ckpt["proj"][k] if k.endswith("bias") else v for k, v in official.state_dict().items()})
+    taps = build_encoder("resnet18", weights="none", seed=42)(torch.rand(2, 3, SIZE, SIZE))
+    for a, b in zip(with_our_biases(taps), official(taps)):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_a_resumed_run_ends_bit_identical(rdpp_root, tmp_path):
-    """Stopped by SIGINT after the first batch of epoch 2 (one that only moves BatchNorm statistics), resumed."""
-    train = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=2", "--batch_size=2", "--seed=3", "--deterministic=1", *RDPP]
+@pytest.mark.parametrize("accumulate", [True, False], ids=["accumulate", "pre-fix"])
+def test_the_first_batch_of_a_step_counts_only_with_accumulate(rdpp_root, tmp_path, accumulate):
+    """One epoch of two batches (8 images in batches of 4), then again with the first batch's images inverted. With
+    accumulate the step sums both batches' gradients: the trained weights change. Pre-fix the step sees the 2nd
+    batch's gradient alone: the weights are bit-identical, only the BatchNorm statistics (the 1st batch's forward
+    moves them) differ."""
+    changed_root = tmp_path / "changed"
+    shutil.copytree(rdpp_root, changed_root)
+    folder = changed_root / "stripes" / "train" / "good"
+    names = sorted(os.listdir(folder))
+    for i in torch.randperm(8, generator=torch.Generator().manual_seed(42))[:4]:  # train.py's first batch of epoch 1
+        ImageOps.invert(Image.open(folder / names[i]).convert("RGB")).save(folder / names[i])
+    trained = []
+    for root in (rdpp_root, changed_root):
+        out_dir = tmp_path / f"runs_{len(trained)}"
+        run_script("train.py", f"--data_root={root}", "--category=stripes", f"--out_dir={out_dir}", "--epochs=1", "--batch_size=4",
+                   "--seed=42", "--deterministic=1", f"--accumulate={int(accumulate)}", *RDPP)
+        trained.append(load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth")))
+    for name, module in (("bn", OCBE("resnet18")), ("decoder", Decoder("resnet18")), ("proj", MultiProjection("resnet18"))):
+        first, second = trained[0][name], trained[1][name]
+        parameter_change = max((first[k] - second[k]).abs().max().item() for k, _ in module.named_parameters())
+        if accumulate:
+            assert parameter_change > 1e-4, name
+        else:
+            assert parameter_change == 0, name
+            statistics_change = [k for k, _ in module.named_buffers() if not torch.equal(first[k], second[k])]
+            assert name == "proj" or any(k.endswith("running_mean") for k in statistics_change), name  # proj has none
+
+
+# Runs train.main() and sends itself SIGINT during the forward pass of the SIGINT_AT_BATCH-th batch of the run (from
+# 1): Ctrl-C arriving while that batch trains, at a batch chosen by the test.
+SIGINT_AT_BATCH = """
+import os
+import signal
+
+import train
+
+class Interrupted(train.ProjectedStudent):
+    batches = 0
+
+    def forward(self, *args):
+        Interrupted.batches += 1
+        if Interrupted.batches == int(os.environ["SIGINT_AT_BATCH"]):
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(*args)
+
+train.ProjectedStudent = Interrupted
+train.main()
+"""
+
+
+@pytest.mark.parametrize("accumulate", [True, False], ids=["accumulate", "pre-fix"])
+def test_sigint_between_the_batches_of_a_step_resumes_bit_identical(rdpp_root, tmp_path, accumulate):
+    """8 images in batches of 3: 3 batches an epoch, so with accumulate the last batch of epoch 1 and the first two
+    of epoch 2 add up to one step (the official loop zeroes gradients only after a step). SIGINT comes during the
+    3rd batch: with accumulate the run goes on to that step and saves there (step 5); pre-fix no gradient waits and
+    it saves after the batch (step 3). Resumed, both end bit-identical to an uninterrupted run."""
+    from test_reliability import assert_same
+    train = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=2", "--batch_size=3", "--seed=3", "--deterministic=1",
+             f"--accumulate={int(accumulate)}", *RDPP]
     run_script("train.py", *train, f"--out_dir={tmp_path / 'whole'}")
-    out_dir = tmp_path / "resumed"
-    process = subprocess.Popen([sys.executable, "train.py", *train, f"--out_dir={out_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        for line in process.stdout:
-            if line.startswith("epoch 1/2"):
-                process.send_signal(signal.SIGINT)
-                break
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGINT, stderr
-    stopped = load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))
-    assert 4 < stopped["step"] < 8
+    script, out_dir = tmp_path / "sigint_at_batch.py", tmp_path / "resumed"
+    script.write_text(SIGINT_AT_BATCH)
+    result = subprocess.run([sys.executable, str(script), *train, f"--out_dir={out_dir}"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT, SIGINT_AT_BATCH="3"))
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    stop_epoch, stop_step = (2, 5) if accumulate else (1, 3)
+    assert f"stopped by signal {int(signal.SIGINT)} at epoch {stop_epoch}, step {stop_step}" in result.stdout
+    assert load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))["step"] == stop_step
     run_script("train.py", *train, f"--out_dir={out_dir}", "--resume=1")
     final = load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))
     whole = load_checkpoint(str(tmp_path / "whole" / "stripes" / "checkpoint.pth"))
-    for part in ("proj", "bn", "decoder"):
-        for k, v in whole[part].items():
-            assert torch.equal(final[part][k], v), f"{part}.{k}"
-    assert final["step"] == whole["step"] == 8
+    for key in ("proj", "bn", "decoder", "optimizer", "step"):
+        assert_same(final[key], whole[key], key)
+    assert final["step"] == 6
 
 
 # -----------------------------------------------------------------------------
@@ -287,10 +386,9 @@ def test_rdpp_errors_are_one_line(rdpp_root, data_root, tmp_path):
 
 def test_rd_stays_the_default_and_the_official_epochs_cover_mvtec():
     import train
-    from sweep import MVTEC
-    from utils.rdpp import OFFICIAL_EPOCHS
+    from known_datasets import MVTEC_AD, OFFICIAL_EPOCHS
     assert train.method == "rd" and train.epochs == 200
-    assert set(OFFICIAL_EPOCHS) == set(MVTEC)
+    assert set(OFFICIAL_EPOCHS) == set(MVTEC_AD.categories)
     assert OFFICIAL_EPOCHS["carpet"] == OFFICIAL_EPOCHS["leather"] == 10 and max(OFFICIAL_EPOCHS.values()) == 300
 
 

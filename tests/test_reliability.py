@@ -7,6 +7,7 @@ deterministic runs give bit-identical checkpoints and scores.
 Run: python -m pytest -q tests/test_reliability.py   (about two minutes on 2 CPU cores)
 """
 
+import csv
 import errno
 import hashlib
 import os
@@ -18,10 +19,11 @@ import sys
 import pytest
 import torch
 
+from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint
 from conftest import ROOT, SMALL, run_script
 from test_errors import assert_user_error, run_main, snapshot
 from utils.files import atomic_write_json
-from utils.io import CheckpointWriter, ckpt_path, load_checkpoint, save_checkpoint
+from utils.io import save_checkpoint
 
 # 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_minutes=1000, so only the end of
 # training and a signal save a checkpoint
@@ -265,7 +267,7 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, det
     assert process.returncode == 128 + signum, stderr
     assert f"stopped by signal {int(signum)}" in stdout and "Traceback" not in stderr
     path = ckpt_path(str(out_dir), "stripes")
-    assert sorted(os.listdir(out_dir / "stripes")) == ["checkpoint.pth", "config.json"]  # no temporary files
+    assert sorted(os.listdir(out_dir / "stripes")) == ["checkpoint.pth", "config.json", "loss.csv"]  # no temporary files
     stopped = load_checkpoint(path)
     assert 4 < stopped["step"] < 12, stopped["step"]  # the signal's checkpoint, at the step after it came
 
@@ -274,6 +276,24 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, det
     final, uninterrupted = load_checkpoint(path), load_checkpoint(ckpt_path(str(deterministic_runs[0]), "stripes"))
     for key in ("bn", "decoder", "optimizer", "step", "epoch"):
         assert_same(final[key], uninterrupted[key], key)
+    # the loss of each epoch once: the stopped run's epoch 1, then the resumed run's 2 and 3
+    with open(out_dir / "stripes" / "loss.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
+    with open(deterministic_runs[0] / "stripes" / "loss.csv") as f:
+        assert float(rows[0]["loss"]) == float(next(csv.DictReader(f))["loss"])  # the same first epoch
+
+
+def test_loss_csv_of_a_resumed_run_drops_the_epochs_after_its_checkpoint(tmp_path):
+    """A run killed after writing epochs 1-3 to loss.csv (the last row cut short) but with a checkpoint of
+    epoch 2 only: resuming keeps rows 1 and 2, then appends."""
+    path = tmp_path / "loss.csv"
+    path.write_text("epoch,loss,seconds\n1,0.500000,2.00\n2,0.400000,2.00\n3,0.300000,2.00\n4,0.2")
+    log = LossLog(str(path), epochs_done=2)
+    log.append(3, 0.25, 1.5)
+    assert path.read_text() == "epoch,loss,seconds\n1,0.500000,2.00\n2,0.400000,2.00\n3,0.250000,1.50\n"
+    LossLog(str(path))  # a fresh run (no checkpoint) starts anew
+    assert path.read_text() == "epoch,loss,seconds\n"
 
 
 def test_failed_background_write_stops_training(data_root, tmp_path, monkeypatch):
@@ -297,7 +317,7 @@ def test_failed_background_write_stops_training(data_root, tmp_path, monkeypatch
     assert result.returncode == 1
     assert len(checkpoints) == 2  # the run stopped at the failed write: no third one
     assert load_checkpoint(str(path))["step"] == 1
-    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json"]
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json", "loss.csv"]
 
 
 # -----------------------------------------------------------------------------
@@ -322,17 +342,17 @@ def test_nan_after_a_save_keeps_that_save(data_root, tmp_path, monkeypatch):
     """The loss turns NaN at step 3 (in epoch 2) of a run that saves after every step (--save_minutes=0, in
     the background); the checkpoint of step 3, which may still be being written when the bad step comes, is
     completed and is what remains: no NaN weights, no temporary file."""
-    import utils.anomaly_map
+    import model.losses
     out_dir = tmp_path / "runs"
     path = out_dir / "stripes" / "checkpoint.pth"
-    real_loss, calls = utils.anomaly_map.cosine_loss, []
+    real_loss, calls = model.losses.cosine_loss, []
 
     def poisoned_loss(teacher, student):
         calls.append(1)
         loss = real_loss(teacher, student)
         return loss * float("nan") if len(calls) == 4 else loss
 
-    monkeypatch.setattr(utils.anomaly_map, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
+    monkeypatch.setattr(model.losses, "cosine_loss", poisoned_loss)  # train.py imports it when it runs
     result = run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
                       "--epochs=3", "--batch_size=4", "--save_minutes=0", *SMALL)
     assert_user_error(result, "loss is nan at epoch 2, step 3", path)
@@ -340,7 +360,7 @@ def test_nan_after_a_save_keeps_that_save(data_root, tmp_path, monkeypatch):
     checkpoint = load_checkpoint(str(path))
     assert checkpoint["step"] == 3
     assert all(torch.isfinite(v).all() for part in ("bn", "decoder") for v in checkpoint[part].values() if v.is_floating_point())
-    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json"]
+    assert sorted(os.listdir(path.parent)) == ["checkpoint.pth", "config.json", "loss.csv"]
 
 
 # -----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The reproduction contract: test.py matches the official evaluation, train.py's step matches the official
 training step, and a saved checkpoint reloads in a new process to the same scores.
 
-The references here are written from the SPEC's formulas with torchvision transforms, torch and scipy,
-independently of dataset.py, utils/anomaly_map.py and utils/metrics.py.
+The references here are written from the official code's formulas with torchvision transforms, torch and scipy,
+independently of dataset.py, model/encoder.py's normalize, model/scoring.py, utils/anomaly_map.py and utils/metrics.py.
 """
 
 import csv
@@ -144,10 +144,13 @@ def test_one_step_matches_official_protocol(data_root, teacher_file, tmp_path, c
 def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
     """Scores computed in memory right after training equal test.py's in a new process from the saved file."""
     import train
-    from dataset import load_test_set, load_train_images, normalize
+    from dataset import load_test_set, load_train_images
+    from model.encoder import normalize
+    from model.losses import cosine_loss
+    from model.scoring import inference_network, predict
     from model import build_model
-    from utils.anomaly_map import cosine_loss, inference_network, predict
-    from utils.io import ckpt_path, save_checkpoint
+    from checkpoints import ckpt_path
+    from utils.io import save_checkpoint
 
     torch.manual_seed(1)
     encoder, ocbe, decoder = build_model("resnet18", weights="none", seed=1)

@@ -147,8 +147,8 @@ def test_interrupted_sweep_resumes(tmp_path):
 def test_table_of_mvtec_categories_has_the_reference_rows(tmp_path):
     """The table from hand-written per-category files: states, averages, reference rows, notes; then --table_only=1
     gathers it the way the Slurm recipe does, from out_dir alone (the data is not on that machine)."""
-    import sweep
     import train
+    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}  # the defaults: wide_resnet50_2, 200 epochs, ...
     out_dir = tmp_path / "runs"
@@ -162,14 +162,14 @@ def test_table_of_mvtec_categories_has_the_reference_rows(tmp_path):
 
     metrics = {"image_auroc": 0.99, "pixel_auroc": 0.95, "image_f1": 0.97, "pixel_aupro": 0.91, "pixel_pro_paper": 0.93}
     write("carpet", "results.json", dict(metrics, train_config=trained("carpet")))
-    write("carpet", "sweep.json", {"status": "done", "config": sweep.requested_config(config, "carpet"),
+    write("carpet", "sweep.json", {"status": "done", "config": results_layer.requested_config(config, "carpet"),
                                    "train_seconds": 100.0, "test_seconds": 20.0})
     write("bottle", "results.json", dict(metrics, image_auroc=0.97, train_config=trained("bottle")))  # test.py by hand
-    write("cable", "sweep.json", {"status": "failed", "config": sweep.requested_config(config, "cable"),
+    write("cable", "sweep.json", {"status": "failed", "config": results_layer.requested_config(config, "cable"),
                                   "reason": "train exited 1", "log": "runs/cable/log.txt"})
     write("screw", "results.json", dict(metrics, train_config=trained("screw", epochs=3)))
 
-    text = sweep.build_table(str(out_dir), "data/mvtec", ["carpet", "bottle", "cable", "screw"], config)
+    text = results_layer.results_md(str(out_dir), "data/mvtec", ["carpet", "bottle", "cable", "screw"], config)
     assert table_row(text, "Image-Level AUC", "") == ["Avg", "Carpet", "Bottle", "Cable", "Screw"]
     assert table_row(text, "Image-Level AUC", "ours, RD (wide_resnet50_2)") == ["0.980 (2/4)", "0.990", "0.970", "failed", "-"]
     # anomalib's Avg over the categories ours counts: (.984 + 1.000) / 2

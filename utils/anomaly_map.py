@@ -1,31 +1,13 @@
 """
-Teacher-student cosine distance: the training loss and the test-time anomaly map.
+The anomaly map of teacher and student features: per tap 1 - cosine similarity along channels, upsampled to the
+image size, combined, blurred as scipy.ndimage.gaussian_filter does. model/scoring.py scores images with it,
+export.py puts it in the exported graph.
 
-    loss = cosine_loss(teacher_features, student_features)           # scalar, for training
-    maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred, for testing
-    maps, scores = predict(inference_network(encoder, ocbe, decoder), images)  # a whole test set
-    maps, scores = predict(inference_network(encoder, ocbe, decoder, proj), images)  # RD++
-    cache = teacher_features(encoder, images, batch_size=16)  # 3 taps (N,C,H,W) of uint8 images (N,3,S,S)
+    maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred
 """
-
-import copy
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental.optimization import fuse
-
-from dataset import normalize
-
-
-def cosine_loss(teacher_features, student_features):
-    """Sum over taps of the batch mean of 1 - cos between whole flattened (C*H*W) feature maps.
-
-    This is the official code's loss; the paper's per-pixel form (Eq. 2) is reported to score lower.
-    """
-    loss = 0.0
-    for t, s in zip(teacher_features, student_features):
-        loss = loss + (1 - F.cosine_similarity(t.flatten(1).float(), s.flatten(1).float())).mean()
-    return loss
 
 
 def symmetric_indices(n, radius, device):
@@ -68,81 +50,3 @@ def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0)
         else:
             combined = combined * distance
     return gaussian_blur(combined, sigma)  # (B,size,size)
-
-
-class TeacherStudent(torch.nn.Module):
-    """image -> (teacher taps, student taps): the networks as one module. With RD++'s projection layer `proj`
-    the student reads the projected taps, but is still compared with the teacher's own (unprojected) taps."""
-
-    def __init__(self, encoder, ocbe, decoder, proj=None):
-        super().__init__()
-        self.encoder, self.ocbe, self.decoder, self.proj = encoder, ocbe, decoder, proj
-
-    def forward(self, x):
-        teacher = self.encoder(x)
-        student_input = teacher if self.proj is None else self.proj(teacher)
-        return teacher, self.decoder(self.ocbe(student_input))
-
-
-def inference_network(encoder, ocbe, decoder, proj=None):
-    """A copy of the networks for scoring: the same function, computed faster. Every eval-mode
-    BatchNorm is folded into the convolution before it (one pass over the feature map less per layer) and
-    the weights are channels_last, oneDNN's preferred layout; together 6-13% less time per image on a CPU
-    (README, Speed; not measured on a GPU). The given modules are left as they are."""
-    network = copy.deepcopy(TeacherStudent(encoder, ocbe, decoder, proj)).eval()
-    network = fuse(network, inplace=True)  # a torch.fx graph module, BatchNorms folded
-    return network.to(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def teacher_features(encoder, images, batch_size, amp=False):
-    """The frozen teacher's 3 taps of uint8 images (N,3,S,S), computed batch by batch and written into
-    preallocated (N,C,H,W) tensors (no second copy of all the features, as a torch.cat would make): train.py's
-    teacher cache; bf16 with amp. The encoder itself computes them, not a BatchNorm-folded copy as in
-    inference_network: folding changes the last bits, and Adam's first step turns those into sign flips of
-    whole updates (after one step, about 2% of the weights 2*lr away from the official step's), to save a
-    third of the cache's time, itself about 0.1% of a 200-epoch CPU run. Under no_grad, not inference_mode:
-    the training step saves the features for its backward pass."""
-    taps = None
-    for i in range(0, len(images), batch_size):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
-            batch_taps = encoder(normalize(images[i:i + batch_size]))  # 3 taps, each (B,C,H,W)
-        if taps is None:
-            taps = [torch.empty((len(images), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in batch_taps]
-        for tap, t in zip(taps, batch_taps):
-            tap[i:i + len(t)] = t
-    return taps
-
-
-def anomaly_scorer(network, mode="add", amp=False, compile=False):
-    """A function of normalised images (B,3,S,S), on the network's device, to their anomaly maps (B,S,S) float32."""
-
-    def score(x):
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            teacher, student = network(x)  # 3 taps each; channels_last from the first conv on
-        return anomaly_map(teacher, student, x.shape[-1], mode)  # (B,S,S)
-
-    if not compile:
-        return score
-    # "freezing" makes the weights constants of the graph, which inductor can pre-pack for oneDNN;
-    # one static shape, so no recompilation for the batch size (predict pads the last batch).
-    return torch.compile(score, dynamic=False, options={"freezing": True})
-
-
-@torch.inference_mode()
-def predict(network, images, batch_size=16, mode="add", amp=False, compile=False):
-    """Anomaly maps (N,S,S) float32 and image scores (N,) = map maxima, on the CPU, for uint8 images
-    (N,3,S,S) on any device; `network` from inference_network(). Every image is scored on its own, so the
-    batch size does not change a score."""
-    device = next(network.parameters()).device
-    score = anomaly_scorer(network, mode, amp, compile)
-    batch_size = min(batch_size, len(images))
-    maps = []
-    for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)  # (B,3,S,S)
-        n = len(batch)
-        if compile and n < batch_size:  # the compiled shape: repeat the last image rather than compile again
-            batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
-        maps.append(score(normalize(batch))[:n].cpu())  # (B,S,S)
-    maps = torch.cat(maps)  # (N,S,S)
-    return maps, maps.flatten(1).amax(dim=1)

@@ -2,6 +2,7 @@
 `--name=value` command-line overrides of a script's module-level settings, nanoGPT style but as a function.
 
     apply_overrides(globals(), sys.argv[1:], config_keys)
+    defaults = script_settings("train.py")  # {name: default} of a script's settings, read without running it
 
 Values are parsed with ast.literal_eval (a bare word stays a string) and must have the default's type;
 an int is accepted for a float, 0/1 for a bool, anything for a None default. Errors are ConfigErrors.
@@ -53,18 +54,36 @@ def apply_overrides(settings, argv, keys):
         settings[name] = parse_value(name, raw, settings[name])
 
 
+def os_error_line(error):
+    """'<path>: <reason>' for an OSError (a rename names both paths), its message if it names no path."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{error.filename or 'output'}: no space left on the disk; the files written before are intact"
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    reason = error.strerror or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{paths}: {reason}" if paths else reason
+
+
+def script_settings(path):
+    """{name: default} of the settings block of a script (the `name = literal  # comment` lines between its first
+    two `# ---` rulers), read from its source without importing it: scripts/sweep.py learns train.py's and
+    test.py's settings this way, with no script importing another."""
+    with open(path) as f:
+        source = f.read()
+    rulers = [i + 1 for i, line in enumerate(source.splitlines()) if line.startswith("# ---")][:2]
+    if len(rulers) < 2:
+        raise ValueError(f"{path}: no settings block between two '# ---' rulers")
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and rulers[0] < node.lineno < rulers[1]}
+
+
 def run_cli(main, debug):
-    """Run a script's main(): a user error (ConfigError), a stopped run (FloatingPointError) or a full disk
-    prints one line and exits non-zero, without a traceback unless debug() is true (--debug=1)."""
+    """Run a script's main(): a user error (ConfigError), a stopped run (FloatingPointError) or an OS error
+    (a full disk, a folder that turned read-only) prints one line and exits non-zero (2 for a user error, 1
+    otherwise), without a traceback unless debug() is true (--debug=1)."""
     try:
         main()
-    except (ConfigError, FloatingPointError) as e:
+    except (ConfigError, FloatingPointError, OSError) as e:
         if debug():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or debug():
-            raise
-        print(f"error: {e.filename or 'output'}: no space left on the disk; the files written before are intact", file=sys.stderr)
-        sys.exit(1)

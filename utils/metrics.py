@@ -40,6 +40,13 @@ _STACK_8_CONNECTED[1] = True
 
 METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold",
                 "pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper")
+HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")  # printed after a run, the tables of results.md
+
+
+def metrics_line(metrics, digits=3):
+    """'image_auroc 0.991 | pixel_auroc 0.973 | image_f1 0.965 | pixel_aupro n/a': the HEADLINE metrics of a
+    compute_metrics (or results.json) dict, as test.py, export.py and the sweep print them."""
+    return " | ".join(f"{k} {metrics[k]:.{digits}f}" if metrics.get(k) is not None else f"{k} n/a" for k in HEADLINE)
 
 
 def _numpy(x):

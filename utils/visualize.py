@@ -7,10 +7,12 @@ draws its strips with it where only numpy and PIL are installed).
     save_png("runs/bottle/images/broken_large_000.png", strip)
 
 test.py writes them: `--save_images=K` for test images (input | ground-truth outline | heatmap), `--images=DIR`
-for new images (input | heatmap). The heatmap is the anomaly map mapped linearly from heat_range to the jet
+for new images (input | heatmap, as scripts/predict_onnx.py draws them). The heatmap is the anomaly map mapped linearly from heat_range to the jet
 colormap (blue = low, red = high), blended half and half with the input. The image score is printed on it,
 red when it is at or above the threshold (the image is called anomalous), white otherwise.
 """
+
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -78,3 +80,15 @@ def prediction_strip(image, amap, score, heat_range, threshold):
 
 def save_png(path, picture):
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
+
+
+def save_prediction_strips(folder, paths, images, maps, scores, heat_range, threshold):
+    """A prediction_strip per scored image, <folder>/<its file name>.png (.png added to other names): test.py
+    --images=DIR and scripts/predict_onnx.py. images (N,3,S,S) uint8, maps (N,S,S), scores N floats.
+    Returns the strips' file names."""
+    names = []
+    for path, image, amap, score in zip(paths, images, maps, scores):
+        name = os.path.basename(path)
+        names.append(name if name.lower().endswith(".png") else name + ".png")
+        save_png(os.path.join(folder, names[-1]), prediction_strip(image, amap, score, heat_range, threshold))
+    return names
