@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils.metrics  # noqa: E402
-from utils.metrics import compute_metrics  # noqa: E402
+from utils.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves  # noqa: E402
 
 TOL = 1e-6
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -396,3 +396,67 @@ def test_ader_metrics_edge_cases():
     m = compute_metrics(scores, labels, maps, None)
     assert m["undefined"]["pixel_iou_max"] == "no ground truth masks: image labels only"
     assert m["undefined"]["mad"] == "pixel_auroc is undefined: no ground truth masks: image labels only"
+
+
+# ----------------------------------------------------------------------------- the curves kept for plots
+
+def on_polyline(x, y, px, py, tol=1e-9):
+    """Whether each point (px, py) lies on the polyline through the vertices (x, y), x non-decreasing."""
+    return all(any(x0 - tol <= a <= x1 + tol and min(y0, y1) - tol <= b <= max(y0, y1) + tol
+                   and abs((b - y0) * (x1 - x0) - (y1 - y0) * (a - x0)) <= tol
+                   for x0, x1, y0, y1 in zip(x[:-1], x[1:], y[:-1], y[1:])) for a, b in zip(px, py))
+
+
+@pytest.mark.parametrize("levels", [None, 4])  # with and without tied scores
+def test_image_curves_are_the_metrics(levels):
+    rng = np.random.default_rng(11)
+    labels = np.r_[np.zeros(30, dtype=bool), np.ones(20, dtype=bool)]
+    scores = rng.standard_normal(50) + labels
+    if levels:
+        scores = np.round(scores * levels) / levels
+    maps, masks = np.zeros((50, 2, 2), np.float32), np.zeros((50, 2, 2), bool)
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    fpr, tpr = np.array(curves["image_roc"]["fpr"]), np.array(curves["image_roc"]["tpr"])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+    assert abs(np.trapezoid(tpr, fpr) - metrics["image_auroc"]) < 1e-12
+    ref_fpr, ref_tpr, _ = roc_curve(labels, scores)
+    assert on_polyline(fpr, tpr, ref_fpr, ref_tpr)  # sklearn's ROC corners lie on ours
+    recall, precision = np.array(curves["image_pr"]["recall"]), np.array(curves["image_pr"]["precision"])
+    # AP, sklearn's step sum, read off the kept points
+    assert abs(np.sum(np.diff(np.r_[0, recall]) * precision) - metrics["image_ap"]) < 1e-12
+    # every kept point is one of sklearn's, which has one at every distinct score
+    ref_precision, ref_recall, _ = precision_recall_curve(labels, scores)
+    kept = set(zip(recall.round(12), precision.round(12)))
+    assert kept <= set(zip(ref_recall.round(12), ref_precision.round(12)))
+
+
+def test_pixel_curves_small_are_exact():
+    scores, labels, maps, masks = make_case(seed=12, n=3, size=8)  # under CURVE_POINTS vertices: nothing dropped
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    roc, pro = curves["pixel_roc"], curves["pixel_pro"]
+    assert abs(np.trapezoid(roc["tpr"], roc["fpr"]) - metrics["pixel_auroc"]) < 1e-12
+    assert pro["fpr"][0] == 0 and pro["fpr"][-1] == MAX_FPR and (np.diff(pro["fpr"]) >= 0).all()
+    assert abs(np.trapezoid(pro["pro"], pro["fpr"]) / MAX_FPR - metrics["pixel_aupro"]) < 1e-12
+
+
+def test_pixel_curves_downsampled():
+    scores, labels, maps, masks = make_case(seed=13, n=8, size=64)
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    ref_fpr, ref_tpr, _ = roc_curve(masks.ravel(), maps.ravel(), drop_intermediate=False)
+    for name, x, y in (("pixel_roc", "fpr", "tpr"), ("pixel_pr", "recall", "precision"), ("pixel_pro", "fpr", "pro")):
+        assert 100 < len(curves[name][x]) == len(curves[name][y]) <= CURVE_POINTS, name
+    roc = curves["pixel_roc"]
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)
+    # the vertices kept are points of the exact curve: on sklearn's full ROC polyline
+    assert on_polyline(ref_fpr, ref_tpr, roc["fpr"][::10], roc["tpr"][::10])
+    assert abs(np.trapezoid(roc["tpr"], roc["fpr"]) - metrics["pixel_auroc"]) < 2e-3
+    pro = curves["pixel_pro"]
+    assert pro["fpr"][0] == 0 and pro["fpr"][-1] == MAX_FPR
+    assert abs(np.trapezoid(pro["pro"], pro["fpr"]) / MAX_FPR - metrics["pixel_aupro"]) < 2e-3
+
+
+def test_curves_undefined_without_masks():
+    scores, labels, maps, _ = make_case(seed=14)
+    metrics, curves = metrics_and_curves(scores, labels, maps, None)
+    assert curves["image_roc"] and curves["pixel_roc"] is curves["pixel_pr"] is curves["pixel_pro"] is None
+    assert metrics == compute_metrics(scores, labels, maps, None)

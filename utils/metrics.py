@@ -14,6 +14,8 @@ and the ADer benchmark's (zhangzjn/ADer, util/metric.py at 902937a; its unified-
   mad              the mean of image_auroc, image_ap, image_f1, pixel_auroc, pixel_ap,
                    pixel_f1_21 and pixel_aupro (ADer's mAD)
 plus `undefined`, which maps each metric that came back as None to the reason.
+metrics_and_curves(...) also returns the curves these numbers are read off (ROC, precision-recall, PRO up to
+FPR 0.3), image level in full and pixel level downsampled to CURVE_POINTS vertices, for plots (report.py).
 
 ADer's image metrics are sklearn's, as ours. Its pixel AUROC, AP and AUPRO come from the
 ADEval package, binned into 50 strips between the maps' min and max: close to, not equal
@@ -29,8 +31,9 @@ off it with binary searches and cumulative sums; ADer's two count the pixels bet
 thresholds in one chunked pass: no Python loop over thresholds or pixels.
 
 Usage:
-    from utils.metrics import compute_metrics
+    from utils.metrics import compute_metrics, metrics_and_curves
     metrics = compute_metrics(image_scores, image_labels, maps, masks)  # numpy or torch
+    metrics, curves = metrics_and_curves(image_scores, image_labels, maps, masks)
 Tests against slow references: python -m pytest -q tests/test_metrics.py
 Timing against sklearn:        python scripts/bench_metrics.py
 """
@@ -43,6 +46,7 @@ from scipy import ndimage
 
 MAX_FPR = 0.3  # AUPRO integration limit, as in the MVTec AD benchmark and the RD4AD script
 PAPER_NUM_TH = 200  # thresholds per image in the RD4AD script
+CURVE_POINTS = 300  # vertices kept of each pixel-level curve: enough to draw it, a few kB to store
 # 8-connectivity inside each image and none across images, so labelling the whole
 # (N, H, W) stack at once gives every region of the test set its own id.
 _STACK_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
@@ -153,7 +157,8 @@ def _f1_max(c):
 
 
 def _aupro(c, region_sizes, max_fpr=MAX_FPR):
-    """Normalised area under the PRO curve for FPR in [0, max_fpr].
+    """(normalised area under the PRO curve for FPR in [0, max_fpr], the curve's fpr, the curve's pro):
+    the curve from (0, 0) up to and including its point at FPR = max_fpr, the part that is integrated.
 
     PRO is the mean over all regions of the fraction of each region detected. Giving each
     anomalous pixel the weight 1 / (number of regions * size of its region) makes PRO at
@@ -175,7 +180,41 @@ def _aupro(c, region_sizes, max_fpr=MAX_FPR):
     f0, f1, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
     p_cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0)
     area = np.trapezoid(pro[:cut], fpr[:cut]) + (max_fpr - f0) * (p0 + p_cut) / 2.0
-    return float(area) / max_fpr
+    return float(area) / max_fpr, np.append(fpr[:cut], max_fpr), np.append(pro[:cut], p_cut)
+
+
+def _roc(c):
+    """(fpr, tpr) vertices of the ROC curve from (0, 0) to (1, 1): each group of tied scores enters at its
+    (fps_above, tps_above) and leaves at (fps, tps); its trapezoid area is _auroc's."""
+    fpr = np.concatenate(([0.0], np.stack([c.fps_above, c.fps], 1).ravel() / c.n_neg, [1.0]))
+    tpr = np.concatenate(([0.0], np.stack([c.tps_above, c.tps], 1).ravel() / c.tps[-1], [1.0]))
+    return fpr, tpr
+
+
+def _precision_recall(c):
+    """(recall, precision) at each group of tied scores that holds a positive, and just above it (where only the
+    negatives ranked above it have been added: the saw tooth between groups)."""
+    above = c.tps_above > 0  # at the top, before the first positive, precision is undefined
+    recall = np.stack([c.tps_above, c.tps], 1) / c.tps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.stack([c.tps_above / (c.tps_above + c.fps_above), c.tps / (c.tps + c.fps)], 1)
+    keep = np.stack([above, np.ones_like(above)], 1)
+    return recall[keep], precision[keep]
+
+
+def downsample(x, y, n=CURVE_POINTS):
+    """At most n of the vertices of the polyline (x, y), the first and the last among them, spread evenly along its
+    length (steps in x and y, each axis scaled to its span): the vertices kept are exact points of the curve."""
+    if x.size <= n:
+        return x, y
+    step = np.abs(np.diff(x)) / max(np.ptp(x), 1e-300) + np.abs(np.diff(y)) / max(np.ptp(y), 1e-300)
+    length = np.concatenate(([0.0], np.cumsum(step)))
+    keep = np.unique(np.searchsorted(length, np.linspace(0.0, length[-1], n)).clip(0, x.size - 1))
+    return x[keep], y[keep]
+
+
+def _curve_dict(names, arrays):
+    return {name: a.tolist() for name, a in zip(names, arrays)}
 
 
 def _pro_paper_image(amap, mask, regions):
@@ -249,13 +288,23 @@ def _ader_f1_iou_max(maps, masks):
 
 
 def compute_metrics(image_scores, image_labels, maps, masks):
-    """All image- and pixel-level metrics; see the module docstring.
+    """All image- and pixel-level metrics; see the module docstring and metrics_and_curves."""
+    return metrics_and_curves(image_scores, image_labels, maps, masks)[0]
+
+
+def metrics_and_curves(image_scores, image_labels, maps, masks):
+    """(metrics, curves): all image- and pixel-level metrics, and the curves they are read off.
 
     image_scores (N,) and image_labels (N,) in {0, 1}; maps (N, H, W) anomaly maps and
     masks (N, H, W) in {0, 1}; numpy arrays or torch tensors. Pass float32 maps for speed.
     masks=None (data with image labels only): the pixel metrics are None, with that reason.
-    Returns a dict of python floats, None for metrics the data cannot define, and
+    metrics: a dict of python floats, None for metrics the data cannot define, and
     `undefined`: {metric name: reason} for those Nones (empty when all are defined).
+    curves: {"image_roc": {"fpr", "tpr"}, "image_pr": {"recall", "precision"}, "pixel_roc", "pixel_pr",
+    "pixel_pro": {"fpr", "pro"}}, lists of floats, None where the metric is undefined. Image curves
+    hold every vertex (their trapezoid area is image_auroc); pixel curves at most CURVE_POINTS vertices
+    (utils.metrics.downsample), so their areas are close to, not equal to, the metrics: those are computed exactly.
+    pixel_pro runs from FPR 0 to MAX_FPR, the part of the curve pixel_aupro integrates.
     """
     image_scores = _as_scores(image_scores, "image_scores").ravel()
     image_labels = _as_binary(image_labels, "image_labels").ravel()
@@ -268,6 +317,7 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         raise ValueError(f"maps {maps.shape} and masks {masks.shape} must both be (N, H, W) "
                          f"with N = {image_scores.size} images")
     out = dict.fromkeys(METRIC_NAMES)
+    curves = dict.fromkeys(("image_roc", "image_pr", "pixel_roc", "pixel_pr", "pixel_pro"))
     undefined = {}
 
     n_anomalous = int(image_labels.sum())
@@ -276,6 +326,8 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         out["image_auroc"] = _auroc(curve)
         out["image_ap"] = _average_precision(curve)
         out["image_f1"], out["image_f1_threshold"] = _f1_max(curve)
+        curves["image_roc"] = _curve_dict(("fpr", "tpr"), _roc(curve))
+        curves["image_pr"] = _curve_dict(("recall", "precision"), _precision_recall(curve))
     else:
         reason = "test set has no normal images" if n_anomalous else "test set has no anomalous images"
         for name in ("image_auroc", "image_f1", "image_ap", "image_f1_threshold"):
@@ -285,7 +337,7 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         for name in PIXEL_NAMES:
             undefined[name] = "no ground truth masks: image labels only"
     else:
-        _pixel_metrics(maps, masks, out, undefined)
+        _pixel_metrics(maps, masks, out, undefined, curves)
 
     missing = [name for name in MAD_PARTS if out[name] is None]
     if missing:
@@ -293,12 +345,12 @@ def compute_metrics(image_scores, image_labels, maps, masks):
     else:
         out["mad"] = float(np.mean([out[name] for name in MAD_PARTS]))
     out["undefined"] = undefined
-    return out
+    return out, curves
 
 
-def _pixel_metrics(maps, masks, out, undefined):
-    """Fill `out` with the pixel metrics of maps (N, H, W) against bool masks (N, H, W), and
-    `undefined` with the reasons of those the masks cannot define."""
+def _pixel_metrics(maps, masks, out, undefined, curves):
+    """Fill `out` with the pixel metrics of maps (N, H, W) against bool masks (N, H, W), `undefined` with the
+    reasons of those the masks cannot define, and `curves` with the pixel curves (metrics_and_curves)."""
     regions, n_regions = ndimage.label(masks, structure=_STACK_8_CONNECTED)
     n_pixels_anomalous = int(np.count_nonzero(regions))
     if 0 < n_pixels_anomalous < regions.size:
@@ -306,7 +358,10 @@ def _pixel_metrics(maps, masks, out, undefined):
         out["pixel_auroc"] = _auroc(curve)
         out["pixel_ap"] = _average_precision(curve)
         out["pixel_f1"], _ = _f1_max(curve)
-        out["pixel_aupro"] = _aupro(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        out["pixel_aupro"], pro_fpr, pro = _aupro(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
+        curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
+        curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
         for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro"):
