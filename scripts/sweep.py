@@ -327,6 +327,8 @@ def unified_run(names, train_config):
 def main():
     train_args, test_args, train_config = parse_args(sys.argv[1:])
     data_root, out_dir = train_config["data_root"], train_config["out_dir"]
+    # before anything else; a unified run's tables go to its run folder, checked once its name is known
+    check_outputs(f"out_dir={out_dir}", out_dir, [] if unified else ["results.md", "report.html"])
     if table_only:
         # the data need not be on the machine that gathers: columns also come from what is under out_dir
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
