@@ -56,7 +56,7 @@ METRICS = {  # name: one-line definition, in the order shown
 }
 
 STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
 td.value { text-align: right; font-variant-numeric: tabular-nums; } .note { color: #555; }
@@ -349,7 +349,7 @@ def write_evaluation_report(folder, results, curves, images, masks, maps, paths,
            ("evaluated on", results.get("device", "")), ("evaluated at", results.get("date", "")),
            ("seconds per image", f"{results['seconds_per_image']:.4f} (networks and anomaly maps)")]
     category = results["category"]
-    sections = ["metrics", "curves", "scores", "loss", "run", "settings", "gallery"]
+    sections = ["metrics", "curves", "scores", "gallery", "loss", "run", "settings"]
     body = [
         f"<h1>{html.escape(category)}: {html.escape(results['method'].upper())} evaluation report</h1>",
         f'<p class="note">Written by test.py at {datetime.now():%Y-%m-%d %H:%M:%S} beside results.json '
@@ -361,15 +361,15 @@ def write_evaluation_report(folder, results, curves, images, masks, maps, paths,
         '<h2 id="scores">Image scores per test folder</h2>', f'<img src="{scores_png}" alt="image scores per test folder">',
         table(["test folder", "images", "image AUROC against good", "recall at the threshold"],
               per_type_rows(types, scores, threshold.value)),
+        f'<h2 id="gallery">Gallery: all {len(paths)} test images</h2>',
+        f'<p class="note">Input | {"" if masks is None else "ground truth outlined in red | "}anomaly heatmap (one colour '
+        f"scale for the whole test set: {heat_range[0]:.4f} blue to {heat_range[1]:.4f} red). Mistakes at the threshold "
+        "first (missed defects in a red frame, false alarms in orange), then by score. Click a picture for its full size.</p>",
+        '<div class="gallery">' + "\n".join(figures) + "</div>",
         '<h2 id="loss">Training loss</h2>', f'<img src="{loss_png}" alt="training loss per epoch">' if loss_png
         else f'<p class="note">{html.escape(loss_problem)}</p>',
         '<h2 id="run">Run</h2>', table(["", ""], [[cell(html.escape(k)), cell(html.escape(str(v)))] for k, v in run]),
         '<h2 id="settings">Training settings (from the checkpoint)</h2>', table(["setting", "value"], settings),
-        f'<h2 id="gallery">Gallery: all {len(paths)} test images</h2>',
-        f'<p class="note">Input | {"" if masks is None else "ground truth outlined in red | "}anomaly heatmap (one colour '
-        f"scale for the whole test set: {heat_range[0]:.4f} blue to {heat_range[1]:.4f} red). Mistakes at the threshold first (missed defects in a red frame, "
-        "false alarms in orange), then by score. Click a picture for its full size.</p>",
-        '<div class="gallery">' + "\n".join(figures) + "</div>",
     ]
     path = os.path.join(folder, "report.html")
     atomic_write_text(path, page(f"{category} report", "\n".join(body)))

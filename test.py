@@ -57,7 +57,7 @@ from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model.scoring import predict
 from report import start_importing_matplotlib, write_evaluation_report, write_prediction_report
 from results import find_evaluation, write_mean
-from threshold import FILE_NAME, calibration_record, choose_threshold, load_calibration, min_images
+from threshold import FILE_NAME, calibration_path, calibration_record, choose_threshold, load_calibration, min_images
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, atomic_write_text, check_outputs, write_csv
 from utils.metrics import metrics_and_curves, metrics_line
@@ -153,7 +153,7 @@ def calibrate_threshold(ckpt, settings, dev, folder, rate, checkpoint, batch_siz
     good = load_images(paths, settings["image_size"])  # (N,3,S,S) uint8
     _, scores = predict(network, good, batch_size, map_mode, amp, compile)  # (N,)
     record = calibration_record(scores.tolist(), rate, folder, checkpoint, settings["image_size"], map_mode)
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), FILE_NAME)
+    path = calibration_path(checkpoint)
     atomic_write_json(path, record)
     print(f"threshold {record['threshold']:.6f}: {round(record['calibration_false_alarm_rate'] * len(paths))} of {len(paths)} "
           f"good images score at or above it (rate {record['calibration_false_alarm_rate']:g}; asked {rate:g}, "

@@ -95,9 +95,14 @@ def calibration_record(scores, rate, good_images, checkpoint, image_size, map_mo
     }
 
 
+def calibration_path(checkpoint):
+    """threshold.json beside the checkpoint."""
+    return os.path.join(os.path.dirname(checkpoint), FILE_NAME)
+
+
 def load_calibration(checkpoint, image_size, map_mode):
     """(threshold.json beside the checkpoint as a dict, or None; a note saying why none applies, or '')."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), FILE_NAME)
+    path = calibration_path(checkpoint)
     if not os.path.isfile(path):
         return None, ""
     try:

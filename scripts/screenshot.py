@@ -15,12 +15,16 @@ import os
 import re
 import shutil
 import sys
+from io import BytesIO
+from pathlib import Path
+
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.files import atomic_write  # noqa: E402
+from utils.files import atomic_write, check_outputs  # noqa: E402
 
 # -----------------------------------------------------------------------------
 report = ""  # the HTML file to open
@@ -66,7 +70,7 @@ def open_page(path, viewport=(1280, 900)):
                 route.abort()
 
             page.route(NOT_FILE, refuse)
-            page.goto(f"file://{os.path.abspath(path)}", wait_until="load")
+            page.goto(Path(path).resolve().as_uri(), wait_until="load")
             yield page, problems
         finally:
             browser.close()
@@ -78,6 +82,7 @@ def main():
         raise ConfigError(f"--report={report}: no such file")
     if not out.endswith(".png"):
         raise ConfigError(f"--out={out}: must be a .png file")
+    check_outputs(f"out={out}", os.path.dirname(out), [os.path.basename(out)])
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -86,10 +91,6 @@ def main():
         picture = page.screenshot(clip={"x": 0, "y": 0, "width": width, "height": height})
     if problems:
         raise ConfigError(f"{report}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    from io import BytesIO
-
-    from PIL import Image
-
     small = Image.open(BytesIO(picture)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
     atomic_write(out, lambda f: small.save(f, format="PNG", optimize=True))
     print(f"wrote {out} ({os.path.getsize(out) / 1024:.0f} KiB, {width}x{height})")
