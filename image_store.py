@@ -28,7 +28,6 @@ import glob
 import hashlib
 import json
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -145,8 +144,9 @@ def build(path, paths, header):
 
     def write(f):
         f.write(encode_header(header))
-        # in a log file (not a terminal) a line every 30 s rather than a redraw every 0.1 s
-        with tqdm(total=len(paths), desc="decoding", unit="img", mininterval=1 if sys.stderr.isatty() else 30) as bar:
+        # in a terminal only, as train.py's epoch bar: stderr stays free for one-line errors (the line printed before
+        # the build says what is being done)
+        with tqdm(total=len(paths), desc="decoding", unit="img", leave=False, disable=None) as bar:
             for i in range(0, len(paths), BUILD_CHUNK):
                 chunk = paths[i:i + BUILD_CHUNK]
                 for image in load_all(read_image, chunk, [size] * len(chunk)):  # (3,S,S) uint8 each
