@@ -13,9 +13,11 @@ similarity, bilinear upsampling (align_corners=True), the maps combined by map_m
 with scipy's 'reflect' boundary. Outputs: `anomaly_map` (N,S,S) float32 and `score` (N,) float32, the map maximum.
 Before writing, the graph is run with onnxruntime on random images and must give test.py's maps.
 
-Its metadata (ONNX metadata_props, strings) says what a deployment needs; see METADATA below. The threshold and
-heatmap range come from results.json of this checkpoint's last evaluation (test.py) at this image size and
-map_mode; without one they are empty and the export says so.
+Its metadata (ONNX metadata_props, strings) says what a deployment needs; see METADATA below. The F1-max threshold
+and heatmap range come from results.json of this checkpoint's last evaluation (test.py) at this image size and
+map_mode; without one they are empty and the export says so. `threshold`, the one to use, is test.py --images's:
+threshold.json beside the checkpoint (calibrated on good images, test.py --good_images) where there is one, else
+the F1-max threshold (threshold.py).
 
 --int8=1 also writes an OpenVINO model quantised to int8 (NNCF post-training quantisation, calibrated on the
 category's training images), scores the test split with it and with the fp32 graph, prints both metrics, and
@@ -38,6 +40,7 @@ from dataset import load_test_set, load_train_images
 from model.encoder import normalize
 from model.scoring import predict
 from results import find_evaluation
+from threshold import choose_threshold, load_calibration
 from utils.anomaly_map import anomaly_map
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write, check_outputs, first_line
@@ -68,6 +71,8 @@ METADATA = {  # key: meaning; every value is a string
     "map_mode": "add | mul: how the three per-tap maps are combined",
     "precision": "fp32 | int8",
     "image_f1_threshold": "a score >= it is anomalous (F1-max threshold of the evaluation); empty without one",
+    "threshold": "the threshold to use: threshold.json's (calibrated on good images) if any, else image_f1_threshold; empty without either",
+    "threshold_source": "where `threshold` comes from, or why there is none",
     "heatmap_range": "'lo,hi': the evaluation's anomaly map range, the heatmap colour scale; empty without one",
     "evaluation": "where threshold and range come from (a results.json), or why there are none",
     "checkpoint": "the exported checkpoint's path",
@@ -106,18 +111,26 @@ def project_version():
 
 
 def evaluation_metadata(settings):
-    """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, printing what it found."""
+    """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, and threshold and
+    threshold_source as test.py --images chooses them (threshold.json first), printing what it found."""
     folder = category_folder(settings, settings["category"])  # a unified model's: <out_dir>/<run name>/<category>
     saved, problem = find_evaluation(folder, checkpoint, settings["image_size"], map_mode)
     path = os.path.join(folder, "results.json")
+    calibration, note = load_calibration(checkpoint, settings["image_size"], map_mode)
+    if note:
+        print(f"note: {note}")
+    choice = choose_threshold(None, calibration, saved)
+    chosen = {"threshold": repr(choice.value) if choice.value is not None else "", "threshold_source": choice.source}
+    if calibration:
+        print(f"threshold {choice.value:.6f} from {calibration['path']}")
     if problem or not saved.get("heatmap_range"):
         reason = problem or f"{path} holds no heatmap_range"
-        print(f"note: no evaluation: {reason}; the model carries no threshold and no heatmap range "
+        print(f"note: no evaluation: {reason}; the model carries no F1-max threshold and no heatmap range "
               f"(evaluate with python test.py --checkpoint={checkpoint} and export again, or give predict_onnx.py --threshold)")
-        return {"image_f1_threshold": "", "heatmap_range": "", "evaluation": f"none: {reason}"}
+        return {"image_f1_threshold": "", "heatmap_range": "", "evaluation": f"none: {reason}", **chosen}
     lo, hi = saved["heatmap_range"]
-    print(f"threshold {saved['image_f1_threshold']:.6f} and heatmap range from {path}")
-    return {"image_f1_threshold": repr(saved["image_f1_threshold"]), "heatmap_range": f"{lo!r},{hi!r}", "evaluation": path}
+    print(f"F1-max threshold {saved['image_f1_threshold']:.6f} and heatmap range from {path}")
+    return {"image_f1_threshold": repr(saved["image_f1_threshold"]), "heatmap_range": f"{lo!r},{hi!r}", "evaluation": path, **chosen}
 
 
 def export_onnx(scorer, image_size, metadata):
@@ -257,8 +270,10 @@ def quantize_int8(onnx_path, settings, metadata):
     int8_results = results["int8"]
     if int8_results["image_f1_threshold"] is not None:
         lo, hi = int8_results["heatmap_range"]
-        int8_metadata.update(image_f1_threshold=repr(int8_results["image_f1_threshold"]), heatmap_range=f"{lo!r},{hi!r}",
-                             evaluation=f"export.py --int8=1 on {os.path.join(settings['data_root'], settings['category'], 'test')}")
+        evaluated = f"export.py --int8=1 on {os.path.join(settings['data_root'], settings['category'], 'test')}"
+        int8_metadata.update(image_f1_threshold=repr(int8_results["image_f1_threshold"]), heatmap_range=f"{lo!r},{hi!r}", evaluation=evaluated)
+        if metadata["threshold"] == metadata["image_f1_threshold"]:  # the F1-max threshold (or none): the int8 model's own
+            int8_metadata.update(threshold=int8_metadata["image_f1_threshold"], threshold_source=f"image_f1_threshold of {evaluated}")
     for key, value in int8_metadata.items():
         int8_model.set_rt_info(value, ["framework", key])  # where OpenVINO keeps an ONNX model's metadata_props
     return int8_model

@@ -28,6 +28,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -144,9 +145,10 @@ def build(path, paths, header):
 
     def write(f):
         f.write(encode_header(header))
-        # in a terminal only, as train.py's epoch bar: stderr stays free for one-line errors (the line printed before
-        # the build says what is being done)
-        with tqdm(total=len(paths), desc="decoding", unit="img", leave=False, disable=None) as bar:
+        # on stdout, so that an error after it is still the one line of stderr; in a log file (not a terminal) a line
+        # every 30 s rather than a redraw every 0.1 s
+        with tqdm(total=len(paths), desc="decoding", unit="img", file=sys.stdout,
+                  mininterval=1 if sys.stdout.isatty() else 30) as bar:
             for i in range(0, len(paths), BUILD_CHUNK):
                 chunk = paths[i:i + BUILD_CHUNK]
                 for image in load_all(read_image, chunk, [size] * len(chunk)):  # (3,S,S) uint8 each

@@ -8,7 +8,8 @@ its source. results.py puts them under our own rows in results.md; scripts/sweep
     dataset = dataset_for(["pcb1", "candle"])  # the DATASETS entry holding most of these names, or None
     dataset.categories                         # ('candle', 'capsules', ...): VisA's order
 
-Only numbers found in a published source are here; a dataset without one has no reference rows.
+Only numbers found in a published source are here; a dataset without one has no reference rows. The ADer benchmark's
+rows are means over all categories of ONE model trained on them all (the unified setting), not a model per category.
 """
 
 from collections import namedtuple
@@ -21,6 +22,24 @@ Dataset = namedtuple("Dataset", "name categories references", defaults=((),))
 
 RD_PAPER = "Deng & Li, \"Anomaly Detection via Reverse Distillation from One-Class Embedding\", CVPR 2022"
 RDPP_PAPER = "Tien et al., \"Revisiting Reverse Distillation for Anomaly Detection\", CVPR 2023"
+
+# The ADer benchmark (github zhangzjn/ADer) trains RD and RD++ as ONE model on all categories of a dataset (the unified
+# multi-class setting, 100 epochs, the last epoch reported) and scores it with ADer's metrics; its table columns, in order:
+ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro",
+                "pixel_iou_max", "mad")
+ADER_COMMIT = "902937a7ed7fa7689674a4ac9b8fe9a72a40c402"
+ADER_SOURCE = (f"ADer benchmark, configs/benchmark/README.md of github zhangzjn/ADer at commit {ADER_COMMIT[:7]}: RD and "
+               "RD++ each trained as one model on all the dataset's categories (100 epochs, last epoch), not a model "
+               "per category; ADer's pixel AUROC, AP and AUPRO are binned by the ADEval package (50 strips), ours exact "
+               "(scripts/compare_adeval.py measures the difference)")
+
+
+def ader_references(n_categories, rd, rdpp, note=""):
+    """ADer's RD and RD++ rows of a dataset from their published percentages, in ADER_COLUMNS order."""
+    return tuple(Reference(f"{method}, ADer benchmark: one model for all {n_categories} categories, 100 epochs",
+                           dict(zip(ADER_COLUMNS, (p / 100 for p in percentages))), ADER_SOURCE + note)
+                 for method, percentages in (("RD", rd), ("RD++", rdpp)))
+
 
 # MVTec AD's textures, then its objects, each alphabetically: the order of the MVTec AD paper's tables and of anomalib's
 MVTEC_AD = Dataset("MVTec AD", ("carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut",
@@ -38,24 +57,46 @@ MVTEC_AD = Dataset("MVTec AD", ("carpet", "grid", "leather", "tile", "wood", "bo
     Reference("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score",
               {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499},
               f"{RDPP_PAPER}: its MVTec AD means (image AUROC 99.44, pixel AUROC 98.25, AUPRO 94.99)"),
+    *ader_references(15, (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
+                     (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2)),
 ))
+VALIDATION_NOTE = "; ADer also trains on the validation images, which this project's conversion leaves out"
 
 DATASETS = {
     "mvtec_ad": MVTEC_AD,
     # amazon-science/spot-diff prepare_data.py's data_list
     "visa": Dataset("VisA", ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
-                             "pcb3", "pcb4", "pipe_fryum")),
+                             "pcb3", "pcb4", "pipe_fryum"),
+                    ader_references(12, (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
+                                    (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7))),
     "mvtec_3d": Dataset("MVTec 3D-AD (RGB)", ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato",
-                                              "rope", "tire")),
-    "mvtec_loco": Dataset("MVTec LOCO AD", ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors")),
+                                              "rope", "tire"),
+                        ader_references(10, (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
+                                        (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4), VALIDATION_NOTE)),
+    "mvtec_loco": Dataset("MVTec LOCO AD", ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
+                          ader_references(5, (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
+                                          (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2), VALIDATION_NOTE)),
     "btad": Dataset("BTAD", ("01", "02", "03"), (
         Reference("RD++ (Tien et al., CVPR 2023), 3-category mean", {"image_auroc": .9563, "pixel_auroc": .9743},
                   f"{RDPP_PAPER}: its BTAD means (detection AUROC 95.63, segmentation AUROC 97.43) as listed with the paper "
                   "on paperswithcode.com/paper/revisiting-reverse-distillation-for-anomaly"),
+        *ader_references(3, (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
+                         (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3)),
     )),
-    "mpdd": Dataset("MPDD", ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")),
+    "mpdd": Dataset("MPDD", ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
+                    ader_references(6, (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
+                                    (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3))),
     "mvtec_ad_2": Dataset("MVTec AD 2 (test_public)", ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial",
                                                        "wallplugs", "walnuts")),
+    # github Tencent/AnomalyDetection_Real-IAD, experiments/RealIAD-C1/config.yaml at 98c28ff: its meta_file list
+    "real_iad": Dataset("Real-IAD", ("audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint",
+                                     "mounts", "pcb", "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll",
+                                     "regulator", "rolled_strip_base", "sim_card_set", "switch", "tape", "terminalblock",
+                                     "toothbrush", "toy", "toy_brick", "transistor1", "u_block", "usb", "usb_adaptor",
+                                     "vcpill", "wooden_beads", "woodstick", "zipper"),
+                        ader_references(30, (82.7, 79.3, 74.1, 97.2, 25.2, 32.8, 90.0, 20.0, 68.8),
+                                        (83.6, 80.6, 74.8, 97.7, 25.9, 33.6, 90.7, 20.5, 69.6),
+                                        "; Real-IAD with all five camera views, each an image (prepare_dataset --views=all)")),
 }
 
 # ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a, 2025-01-29): RD and RD++

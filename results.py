@@ -1,14 +1,15 @@
 """
-The results layer: what run folders hold, read back, and results.md written from it. scripts/sweep.py writes
-results.md with it after every category; test.py --images and export.py find an evaluation's threshold with it.
+The results layer: what run folders hold, read back, and results.md and report.html written from it.
+scripts/sweep.py writes them with it after every category; test.py --images and export.py find an evaluation's
+threshold with it.
 
     states = collect("runs", ["bottle", "screw"], train_config)   # {category: Result(state, results, sweep)}
-    text = write_results_md("runs", "data/mvtec", ["bottle", "screw"], train_config)   # runs/results.md
+    text = write_results_md("runs", "data/mvtec", ["bottle", "screw"], train_config)   # runs/results.md, report.html
     evaluation, problem = find_evaluation("runs/bottle", checkpoint, image_size=256, map_mode="add")
     mean = write_mean("runs/bottle+cable", ["bottle", "cable"], same)   # a unified model's mean over its categories
 
-A run folder <out_dir>/<category>/ holds checkpoint.pth and config.json (train.py), results.json and scores.csv
-(test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is train.py's settings as a dict (utils.config
+A run folder <out_dir>/<category>/ holds checkpoint.pth, config.json and loss.csv (train.py), results.json,
+scores.csv, curves.json and report.html (test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is train.py's settings as a dict (utils.config
 .script_settings("train.py") with the --name=value overrides): a category's results count for it when they were
 trained with its values of the checkpoint's resume_keys, epochs and method; the others show as "other settings".
 The reference rows under ours and their sources are known_datasets.py's.
@@ -33,6 +34,7 @@ from datetime import datetime
 
 from checkpoints import resume_keys, run_dir, saved_setting
 from known_datasets import ADER_UNIFIED, DATASETS, MVTEC_AD, OFFICIAL_EPOCHS, dataset_for
+from report import write_sweep_report
 from utils.config import ConfigError
 from utils.files import atomic_write_json, atomic_write_text
 from utils.metrics import METRIC_NAMES
@@ -43,7 +45,7 @@ Result = namedtuple("Result", "state results sweep")
 COMPARED_KEYS = ["epochs", "method"]  # with the checkpoint's resume_keys: a result counts when trained with the requested values
 METHOD_LABELS = {"rd": "RD", "rd++": "RD++"}
 TABLES = [("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"), ("Image F1 Score", "image_f1"),
-          ("AUPRO", "pixel_aupro")]
+          ("AUPRO", "pixel_aupro"), ("mIoU-max (ADer)", "pixel_iou_max"), ("mAD (ADer)", "mad")]
 AVERAGED = tuple(name for name in METRIC_NAMES if not name.endswith("_threshold"))  # a unified model's mean has these
 
 
@@ -187,50 +189,74 @@ def collect(out_dir, categories, train_config, run=None):
     return {c: states[c] for c in ordered(states)}
 
 
+def markdown(blocks):
+    """results.md's text from a document's blocks (see results_document)."""
+    lines = []
+    for kind, *content in blocks:
+        if kind == "table":
+            lines += markdown_table(*content[:2])
+        elif kind == "ul":
+            lines += [f"- {item}" for item in content[0]]
+        else:
+            lines.append({"h1": "# ", "h2": "## ", "p": ""}[kind] + content[0])
+        lines.append("")
+    return "\n".join(lines)
+
+
 def results_md(out_dir, data_root, categories, train_config, run=None):
-    """results.md's text: a table per metric (ours and the reference rows), wall times and notes, from collect();
-    for a unified run (`run` its name) the one model's row per category, its training time once."""
+    """results.md's text: a table per metric (ours and the reference rows), wall times and notes, from collect()."""
+    return markdown(results_document(out_dir, data_root, categories, train_config, run))
+
+
+def results_document(out_dir, data_root, categories, train_config, run=None):
+    """The tables of results.md and report.html as blocks: ('h1' | 'h2' | 'p', text), ('ul', [items]) or ('table',
+    header, rows, the category of each column or None), from collect(); for a unified run (`run` its name) the one
+    model's row per category, its training time once."""
     states = collect(out_dir, categories, train_config, run)
     unified_categories = sorted(categories) if run else None
     columns = list(states)
     known = dataset_for(columns)
     header = ["", "Avg", *(title(c) for c in columns)]
+    linked = [None, None, *columns]  # report.html links the cells of a category's column to its report
     cfg = train_config
     counts = {s: sum(states[c][0] == s for c in columns) for s in ("done", "failed", "running", "interrupted")}
-    lines = [f"# {'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
-             + (f" ({known.name})" if known else ""), "",
-             "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items()
-                                         if k not in ("category", "categories"))
-             + ". "
-             f"{counts['done']} of {len(columns)} categories done"
-             + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
-             + (f". One model of all {len(columns)} categories: {out_dir}/{run}/ (checkpoint.pth, log.txt, results.json: the mean), "
-                f"per category: {out_dir}/{run}/<category>/ (results.json, log.txt). " if run else
-                f". Per category: {out_dir}/<category>/ (results.json, log.txt). ")
-             + f"Written at {datetime.now():%Y-%m-%d %H:%M:%S}.", ""]
+    blocks = [("h1", f"{'Reverse Distillation' if cfg['method'] == 'rd' else 'RD++ (Revisiting Reverse Distillation)'} on {data_root}"
+               + (f" ({known.name})" if known else "")),
+              ("p", "Trained with " + ", ".join(f"{k} {tuple(v) if isinstance(v, list) else v}" for k, v in requested_config(cfg, "").items()
+                                                if k not in ("category", "categories"))
+               + ". "
+               f"{counts['done']} of {len(columns)} categories done"
+               + "".join(f", {n} {s}" for s, n in counts.items() if n and s != "done")
+               + (f". One model of all {len(columns)} categories: {out_dir}/{run}/ (checkpoint.pth, log.txt, results.json: the mean), "
+                  f"per category: {out_dir}/{run}/<category>/ (results.json, report.html, log.txt). " if run else
+                  f". Per category: {out_dir}/<category>/ (results.json, report.html, log.txt). ")
+               + f"Written at {datetime.now():%Y-%m-%d %H:%M:%S}.")]
     ader_rows = False
     for name, key in TABLES:
         rows = (unified_rows if run else metric_rows)(key, columns, states, cfg["backbone"], cfg["method"])
         ader_rows = ader_rows or (run and len(rows) > 1)
-        lines += [f"## {name}", "", *markdown_table(header, rows), ""]
+        blocks += [("h2", name), ("table", header, rows, linked)]
         if key == "pixel_auroc" and known is MVTEC_AD and not run:
-            lines += ["anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
-                      "average 0.9735; its Avg here is the mean of the values in its row.", ""]
+            blocks.append(("p", "anomalib's published table prints Avg 0.969 for pixel AUROC, but its 15 per-category values "
+                           "average 0.9735; its Avg here is the mean of the values in its row."))
     if ader_rows:
-        lines += [f"Reference rows: {ADER_UNIFIED[next(k for k, d in DATASETS.items() if d is known), cfg['method']].source}. One model "
-                  "per dataset; ADer's RD has other teacher weights and a narrower OCBE, and its pixel metrics are binned. "
-                  "Our rows come from test.py's results.json.", ""]
+        blocks.append(("p", f"Reference rows: {ADER_UNIFIED[next(k for k, d in DATASETS.items() if d is known), cfg['method']].source}. "
+                       "One model per dataset; ADer's RD has other teacher weights and a narrower OCBE, and its pixel metrics are "
+                       "binned. Our rows come from test.py's results.json."))
     elif run:
-        lines += ["No reference rows: ADer's benchmark publishes unified rows for whole datasets only.", ""]
+        blocks.append(("p", "No reference rows: ADer's benchmark publishes unified rows for whole datasets only."))
     elif known and known.references:
         sources = "; ".join(dict.fromkeys(reference.source for reference in known.references))
-        lines += [f"Reference rows: {sources}."
-                  + (" anomalib's Avg covers the same categories as ours; the paper and RD++ report only 15-category means."
-                     " Our rows come from test.py's results.json." if known is MVTEC_AD else ""), ""]
+        blocks.append(("p", f"Reference rows: {sources}."
+                       + (" anomalib's Avg covers the same categories as ours; the paper and RD++ report only 15-category means."
+                          " Our rows come from test.py's results.json." if known is MVTEC_AD else "")))
     elif known:
-        lines += [f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite.", ""]
+        blocks.append(("p", f"No reference rows: no published RD or RD++ numbers for {known.name} were found to cite."))
+    blocks.append(("p", "mIoU-max and mAD are the ADer benchmark's: IoU-max over 21 thresholds of the maps min-max normalised "
+                   "over the category, and the mean of image AUROC, AP, F1-max, pixel AUROC, AP, F1-max (those 21 thresholds) "
+                   "and AUPRO."))
     if any(states[c][0] == "done" and "no ground truth masks" in str(states[c][1].get("undefined")) for c in columns):
-        lines += ["n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only.", ""]
+        blocks.append(("p", "n/a in the pixel tables: a category without a ground_truth folder is evaluated on its image labels only."))
 
     def seconds(c, key):
         state, _, info = states[c]
@@ -254,25 +280,29 @@ def results_md(out_dir, data_root, categories, train_config, run=None):
         total = f"{sum(known):.1f}" + ("" if len(known) == len(columns) else f" ({len(known)}/{len(columns)})") if known else "-"
         wall_rows.append([f"{label} (s)", total, *(f"{v:.1f}" if v is not None else "failed" if states[c][0] == "failed" else "-"
                                                      for c, v in zip(columns, values))])
-    lines += ["## Wall time", "", *markdown_table(["", "Total", *(title(c) for c in columns)], wall_rows), "",
-              "Training time sums every attempt that built the checkpoint (an interrupted run resumed counts both); "
-              "each includes starting Python and loading the data.", ""]
+    blocks += [("h2", "Wall time"), ("table", ["", "Total", *(title(c) for c in columns)], wall_rows, linked),
+               ("p", "Training time sums every attempt that built the checkpoint (an interrupted run resumed counts both); "
+                "each includes starting Python and loading the data.")]
 
-    notes = [f"- {c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
-    notes += [f"- {c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
-    notes += [f"- {c}: results.json is from other settings, not shown: "
+    notes = [f"{c}: failed ({states[c][2].get('reason', '')}), log: {states[c][2].get('log')}" for c in columns if states[c][0] == "failed"]
+    notes += [f"{c}: {states[c][0]}" for c in columns if states[c][0] in ("running", "interrupted")]
+    notes += [f"{c}: results.json is from other settings, not shown: "
               f"{', '.join(differences(states[c][1].get('train_config'), requested_config(cfg, c, unified_categories)))}"
               for c in columns if states[c][0] == "other settings"]
     if notes:
-        lines += ["## Notes", "", *notes, ""]
-    return "\n".join(lines)
+        blocks += [("h2", "Notes"), ("ul", notes)]
+    return blocks
 
 
 def write_results_md(out_dir, data_root, categories, train_config, run=None):
-    """<out_dir>/results.md, or <out_dir>/<run>/results.md for a unified run (results_md), written atomically;
-    returns its text."""
-    text = results_md(out_dir, data_root, categories, train_config, run)
-    atomic_write_text(table_path(out_dir, run), text + "\n")
+    """results.md (results_md) and report.html beside it (the same tables, each cell of a category linking to its
+    report.html: report.write_sweep_report), in out_dir, or in <out_dir>/<run>/ for a unified run; written
+    atomically; returns results.md's text."""
+    blocks = results_document(out_dir, data_root, categories, train_config, run)
+    text = markdown(blocks)
+    path = table_path(out_dir, run)
+    atomic_write_text(path, text + "\n")
+    write_sweep_report(os.path.dirname(path), blocks)
     return text
 
 

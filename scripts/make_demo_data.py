@@ -11,6 +11,8 @@ Layout per category (same as MVTec AD):
     ROOT/CAT/test/good/000.png ...
     ROOT/CAT/test/<defect>/000.png ...
     ROOT/CAT/ground_truth/<defect>/000_mask.png ...   ('L' PNG, 0 or 255)
+    ROOT/CAT/calibration/good/000.png ...             (only with --n_calibration=N: more normal images, neither
+                                                       trained nor tested on, for test.py --good_images)
 
 Categories (defects):
     stripes   texture like carpet/wood: woven oriented sine stripes, RGB
@@ -24,6 +26,10 @@ Categories (defects):
 Run from the repo root:
     python scripts/make_demo_data.py                       # all categories -> data/demo
     python scripts/make_demo_data.py --out=/tmp/demo --size=64 --categories=disc --force
+    python scripts/make_demo_data.py --n_calibration=200 --force   # + 200 calibration images per category
+
+Every image has its own seed (from --seed, the category, the folder and the index), so regenerating with --force
+writes the same train and test files, and calibration/good holds images that are in neither.
 """
 
 import argparse
@@ -260,8 +266,9 @@ def make_sample(name, folder, index, size=128, seed=0):
 
     return to_uint8(image), None if mask is None else mask.astype(np.uint8) * 255, to_uint8(clean)
 
-def make_category(root, name, size=128, n_train=40, n_test_good=8, n_test_defect=4, seed=0, force=False):
-    """Write ROOT/NAME/... (n_test_defect images per defect kind); skip it if it exists unless force."""
+def make_category(root, name, size=128, n_train=40, n_test_good=8, n_test_defect=4, seed=0, force=False, n_calibration=0):
+    """Write ROOT/NAME/... (n_test_defect images per defect kind, n_calibration in calibration/good); skip it if it
+    exists unless force."""
     if name not in CATEGORIES:
         raise ValueError(f"unknown category {name!r}, expected one of {CATEGORIES}")
     final = os.path.join(root, name)
@@ -275,6 +282,8 @@ def make_category(root, name, size=128, n_train=40, n_test_good=8, n_test_defect
     shutil.rmtree(tmp, ignore_errors=True)
     jobs = [("train/good", n_train), ("test/good", n_test_good)]
     jobs += [(f"test/{d}", n_test_defect) for d in DEFECTS[name]]
+    if n_calibration:
+        jobs.append(("calibration/good", n_calibration))
     for folder, n in jobs:
         os.makedirs(os.path.join(tmp, folder), exist_ok=True)
         for i in range(n):
@@ -287,17 +296,18 @@ def make_category(root, name, size=128, n_train=40, n_test_good=8, n_test_defect
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
     n_defect = n_test_defect * len(DEFECTS[name])
+    calibration = f", {n_calibration} calibration good" if n_calibration else ""
     print(f"{name}: {n_train} train, {n_test_good} test good, {n_defect} test defect "
-          f"({', '.join(DEFECTS[name])}) -> {final} in {time.time() - t0:.2f}s")
+          f"({', '.join(DEFECTS[name])}){calibration} -> {final} in {time.time() - t0:.2f}s")
 
 def make_dataset(root, categories=CATEGORIES, size=128, n_train=40, n_test_good=8, n_test_defect=4, seed=0,
-                 force=False):
+                 force=False, n_calibration=0):
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:  # fail before writing anything
         raise ValueError(f"unknown categories {unknown}, expected some of {CATEGORIES}")
     os.makedirs(root, exist_ok=True)
     for name in categories:
-        make_category(root, name, size, n_train, n_test_good, n_test_defect, seed, force)
+        make_category(root, name, size, n_train, n_test_good, n_test_defect, seed, force, n_calibration)
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Generate a small synthetic dataset in MVTec AD layout (not MVTec AD).",
@@ -307,6 +317,7 @@ if __name__ == "__main__":
     p.add_argument("--n_train", type=int, default=40, help="train/good images per category")
     p.add_argument("--n_test_good", type=int, default=8, help="test/good images per category")
     p.add_argument("--n_test_defect", type=int, default=4, help="test images per defect kind")
+    p.add_argument("--n_calibration", type=int, default=0, help="calibration/good images per category (test.py --good_images)")
     p.add_argument("--seed", type=int, default=0, help="base seed; same seed -> identical files")
     p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated subset of categories")
     p.add_argument("--force", action="store_true", help="regenerate categories that already exist")
@@ -316,5 +327,5 @@ if __name__ == "__main__":
         p.error(f"--categories must be a comma-separated subset of {','.join(CATEGORIES)}")
     t0 = time.time()
     make_dataset(args.out, cats, args.size, args.n_train, args.n_test_good, args.n_test_defect, args.seed,
-                 args.force)
+                 args.force, args.n_calibration)
     print(f"done in {time.time() - t0:.2f}s")

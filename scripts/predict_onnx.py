@@ -10,9 +10,11 @@ Images are read as dataset.py reads them (utils/images.py: the same extensions, 
 to RGB, resized to the model's image size with PIL's bilinear filter), whatever their size. Writes
 <out_dir>/scores.csv (path,score,label; label 1 = score >= threshold) and a strip <out_dir>/<file name>.png
 (input | heatmap with the score) per image, as `test.py --images=DIR` does with the checkpoint. The threshold is
---threshold, or the F1-max threshold of the evaluation that export.py stored in the model's metadata, lowered
-by utils.runtimes.SCORE_TOLERANCE (relative), the tolerance within which the runtimes reproduce test.py's scores: the image of the
-evaluation whose score is the threshold stays anomalous, as in test.py, whatever the runtime's rounding.
+--threshold, or the one export.py stored in the model's metadata as test.py --images would choose it (`threshold`:
+threshold.json's, calibrated on good images, else the evaluation's F1-max threshold; a model exported before
+`threshold` existed has only image_f1_threshold), lowered by utils.runtimes.SCORE_TOLERANCE (relative), the
+tolerance within which the runtimes reproduce test.py's scores: the image of the evaluation whose score is the
+F1-max threshold stays anomalous, as in test.py, whatever the runtime's rounding.
 """
 
 import os
@@ -32,7 +34,7 @@ model = ""  # model.onnx (onnxruntime or openvino) or model_int8.xml (openvino) 
 images = ""  # the folder of images to score
 out_dir = ""  # default: predict_onnx/ beside the model
 runtime = "onnxruntime"  # onnxruntime | openvino
-threshold = None  # a score >= threshold is anomalous; None: the image_f1_threshold in the model's metadata
+threshold = None  # a score >= threshold is anomalous; None: the threshold in the model's metadata
 batch_size = 8  # images per call of the runtime; does not change any score
 threads = 0  # 0: the runtime's default (one per core)
 debug = False  # show Python tracebacks for user errors
@@ -59,9 +61,11 @@ def main():
         raise ConfigError(f"images={images}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     exported = load_exported(model, runtime, threads)
     metadata = exported.metadata
-    if threshold is None and not metadata["image_f1_threshold"]:
-        raise ConfigError(f"no threshold: model={model} carries none ({metadata['evaluation']}); pass --threshold=VALUE")
-    image_threshold = threshold if threshold is not None else float(metadata["image_f1_threshold"])
+    stored = metadata.get("threshold", metadata["image_f1_threshold"])
+    if threshold is None and not stored:
+        raise ConfigError(f"no threshold: model={model} carries none ({metadata.get('threshold_source', metadata['evaluation'])}); "
+                          "pass --threshold=VALUE")
+    image_threshold = threshold if threshold is not None else float(stored)
     size = int(metadata["image_size"])
     new_images = read_images(paths, size)  # (N,3,S,S) uint8
     outputs = [exported(new_images[i:i + batch_size]) for i in range(0, len(new_images), batch_size)]
@@ -76,7 +80,7 @@ def main():
     save_prediction_strips(folder, paths, new_images, maps, scores, heat_range, label_threshold)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "score", "label"],
               ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores, labels)))
-    source = "--threshold" if threshold is not None else "image_f1_threshold of the model's metadata"
+    source = "--threshold" if threshold is not None else f"the model's metadata: {metadata.get('threshold_source', 'image_f1_threshold')}"
     print(f"{images}: {sum(labels)} of {len(paths)} images anomalous (score >= {image_threshold:.6f}, {source}; "
           f"{metadata['precision']} model, {runtime})")
     print(f"wrote {os.path.join(folder, 'scores.csv')} and {len(paths)} strips")

@@ -4,6 +4,7 @@ train.py, test.py and the sweep read (see dataset.py):
 
     $ python scripts/prepare_dataset.py --format=visa --src=downloads/VisA --dst=data/visa
     $ python scripts/prepare_dataset.py --format=btad --src=downloads/BTech_Dataset_transformed --dst=data/btad --force=1
+    $ python scripts/prepare_dataset.py --format=real_iad --src=downloads/Real-IAD --dst=data/realiad --views=all
 
     DST/CATEGORY/train/good/<image>                 normal training images
     DST/CATEGORY/test/<type>/<image>                test images; 'good' is normal
@@ -22,6 +23,16 @@ Formats (each from the dataset's own readme and preparation code):
   mvtec_ad_2  train/good, test_public/{good,bad}, masks test_public/ground_truth/bad/<stem>_mask.png; validation/good
               is not used; test_private and test_private_mixed have no ground truth and are not converted (score them
               with python test.py --images=DIR)
+  real_iad    Real-IAD: images realiad_<resolution>/<object>/ (realiad_1024, realiad_256, realiad_raw: --resolution
+              picks one where several are extracted), split files <object>.json in realiad_jsons/ (all five camera
+              views C1-C5, each view an image: --views=all, as the ADer benchmark evaluates) or realiad_jsons_sv/
+              (view C1 only: --views=single), found in src or in src/realiad_jsons/. A split file holds meta (prefix,
+              normal_class), train and test: entries of category, anomaly_class, image_path and mask_path, the paths
+              joined as realiad_<resolution>/<prefix>/<path> (Real-IAD's own loader, datasets/explicit_dataset.py).
+              Every train entry is a normal training image; a test entry is normal (test/good) when its mask_path
+              is null or its anomaly_class is normal_class ('OK'), else test/<anomaly_class> (AK, BX, ...) with its
+              mask. The category is the split file's name (as ADer's loader). Real-IAD's file names hold the
+              object, sample, class and view (audiojack_0001_NG_AK_C1_<time>.jpg), so every view keeps its name.
 
 Images are hard-linked, not copied: the same bytes are read, no disk space is spent (MVTec AD 2 alone is tens of GB),
 and unlike a symlink a hard link keeps working if the source folder is moved or deleted. Where the destination is on
@@ -34,6 +45,7 @@ mask, every mask 0/255) and only then renamed to DST. A non-empty DST is replace
 """
 
 import csv
+import json
 import os
 import shutil
 import sys
@@ -49,14 +61,19 @@ from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write, check_outputs  # noqa: E402
 
 # -----------------------------------------------------------------------------
-format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2
+format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2 | real_iad
 src = ""  # the dataset as extracted from its download
 dst = ""  # the folder to write: DST/CATEGORY/train, test, ground_truth
 force = False  # replace a non-empty dst
 copy = False  # copy the images instead of hard-linking them
+views = "all"  # real_iad: all (realiad_jsons: the five camera views, each an image) | single (realiad_jsons_sv: C1)
+resolution = ""  # real_iad: the image folder realiad_<resolution> (1024, 256, raw ...); needed where src has several
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = ["format", "src", "dst", "force", "copy", "debug"]
+config_keys = ["format", "src", "dst", "force", "copy", "views", "resolution", "debug"]
+REAL_IAD_SPLITS = {"all": "realiad_jsons", "single": "realiad_jsons_sv"}  # --views: the folder of split files
+NO_MASK_NOTE = "test images of an anomalous class without a mask, normal as Real-IAD's loader reads them"
+EMPTY_MASK_NOTE = "anomalous test images with an empty mask (anomalous here by their folder; ADer scores them normal)"
 
 
 class Plan:
@@ -67,6 +84,7 @@ class Plan:
         self.images = []  # (source path, destination path relative to DST/CATEGORY)
         self.masks = []  # ([source mask paths, combined], destination path relative to DST/CATEGORY)
         self.skipped = {}  # what is not converted: count
+        self.notes = {}  # what is converted in a way worth saying: count
 
     def image(self, source, split, kind):
         self.images.append((source, os.path.join(split, kind, os.path.basename(source))))
@@ -230,8 +248,82 @@ def plan_mvtec_ad_2(root):
     return plans
 
 
+def real_iad_folders(root):
+    """(image folder, split-file folder) of an extracted Real-IAD, for --resolution and --views."""
+    images = sorted(d for d in os.listdir(root) if d.startswith("realiad_") and not d.startswith("realiad_jsons")
+                    and os.path.isdir(os.path.join(root, d)))
+    if resolution:
+        image_dir = need_dir(os.path.join(root, f"realiad_{resolution}"), "Real-IAD's images at --resolution")
+    elif len(images) == 1:
+        image_dir = os.path.join(root, images[0])
+    elif images:
+        raise ConfigError(f"src={root}: holds {', '.join(images)}; pick one with --resolution="
+                          f"{images[0].removeprefix('realiad_')}")
+    else:
+        raise ConfigError(f"src={root}: no image folder realiad_1024, realiad_256 ...; is this the extracted Real-IAD?")
+    name = REAL_IAD_SPLITS[views]
+    for folder in (os.path.join(root, name), os.path.join(root, "realiad_jsons", name)):  # realiad_jsons.zip may nest
+        if os.path.isdir(folder) and any(f.endswith(".json") for f in os.listdir(folder)):
+            return image_dir, folder
+    raise ConfigError(f"src={root}: no {name}/ folder of <object>.json split files (nor in realiad_jsons/{name}/), "
+                      f"needed for --views={views}")
+
+
+def read_split_file(path):
+    """(meta, train, test) of a Real-IAD split file, its structure checked."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), t) for k, t in (("meta", dict), ("train", list), ("test", list))):
+        raise ConfigError(f"{path}: expected a Real-IAD split file, an object with meta {{prefix, normal_class}}, train [...] and test [...]")
+    if not {"prefix", "normal_class"} <= set(info["meta"]):
+        raise ConfigError(f"{path}: its meta lacks prefix or normal_class")
+    for split in ("train", "test"):
+        for i, entry in enumerate(info[split]):
+            if not isinstance(entry, dict) or not {"anomaly_class", "image_path", "mask_path"} <= set(entry):
+                raise ConfigError(f"{path}: {split}[{i}] lacks anomaly_class, image_path or mask_path")
+    return info["meta"], info["train"], info["test"]
+
+
+def plan_real_iad(root):
+    if views not in REAL_IAD_SPLITS:
+        raise ConfigError(f"--views={views}: must be all (every camera view, realiad_jsons) or single (C1, realiad_jsons_sv)")
+    image_dir, split_dir = real_iad_folders(root)
+    plans = []
+    for name in sorted(f for f in os.listdir(split_dir) if f.endswith(".json")):
+        split_file = os.path.join(split_dir, name)
+        meta, train, test = read_split_file(split_file)
+        base = os.path.join(image_dir, meta["prefix"] or "")
+
+        def existing(relative, where, what):
+            path = os.path.join(base, relative)
+            if not os.path.isfile(path):
+                raise ConfigError(f"{split_file}: {where}: no {what} {path}")
+            return path
+
+        plan = Plan(os.path.splitext(name)[0])
+        for i, entry in enumerate(train):  # Real-IAD's loader reads every training entry as normal
+            plan.image(existing(entry["image_path"], f"train[{i}]", "image"), "train", "good")
+        for i, entry in enumerate(test):
+            image = existing(entry["image_path"], f"test[{i}]", "image")
+            if entry["mask_path"] is None or entry["anomaly_class"] == meta["normal_class"]:
+                plan.image(image, "test", "good")
+                if entry["anomaly_class"] != meta["normal_class"]:
+                    plan.notes[NO_MASK_NOTE] = plan.notes.get(NO_MASK_NOTE, 0) + 1
+            else:
+                kind = str(entry["anomaly_class"])
+                plan.image(image, "test", kind)
+                plan.mask([existing(entry["mask_path"], f"test[{i}]", "mask")], kind, image)
+        plans.append(plan)
+    if not plans:
+        raise ConfigError(f"{split_dir}: holds no <object>.json")
+    return plans
+
+
 FORMATS = {"visa": plan_visa, "mvtec_3d": plan_mvtec_3d, "mvtec_loco": plan_mvtec_loco, "btad": plan_btad,
-           "mpdd": plan_mpdd, "mvtec_ad_2": plan_mvtec_ad_2}
+           "mpdd": plan_mpdd, "mvtec_ad_2": plan_mvtec_ad_2, "real_iad": plan_real_iad}
 
 
 def read_binary(path):
@@ -241,11 +333,13 @@ def read_binary(path):
 
 
 def write_mask(sources, target):
+    """The union of the source masks as a 0/255 PNG at target; True if it has an anomalous pixel."""
     masks = [read_binary(p) for p in sources]
     if any(m.shape != masks[0].shape for m in masks):
         raise ConfigError(f"{os.path.dirname(sources[0])}: its masks differ in size, cannot combine them")
     union = np.logical_or.reduce(masks)  # (H,W)
     atomic_write(target, lambda f: Image.fromarray(union.astype(np.uint8) * 255).save(f, format="PNG"))
+    return bool(union.any())
 
 
 def place_image(source, target):
@@ -297,28 +391,35 @@ def main():
         raise ConfigError(f"--format={format}: must be one of {', '.join(FORMATS)}")
     if not src or not dst:
         raise ConfigError("--src=DIR (the extracted dataset) and --dst=DIR (the folder to write) are required")
+    if format != "real_iad" and (resolution or views != "all"):
+        raise ConfigError(f"--{'resolution' if resolution else 'views'}: only used with --format=real_iad")
     need_dir(src, "the extracted dataset")
     check_destination(src, dst)
     partial = dst.rstrip(os.sep) + ".partial"  # written first, renamed to dst when complete
     check_outputs(f"dst={dst}", os.path.dirname(partial), folders=[os.path.basename(partial)])
     plans = FORMATS[format](src)  # every missing file is found here, before anything is written
+    for plan in plans:
+        written = {}
+        for source, relative in plan.images + [(sources[0], relative) for sources, relative in plan.masks]:
+            if relative in written:
+                raise ConfigError(f"{source}: would be written as {plan.category}/{relative}, as {written[relative]} is")
+            written[relative] = source
 
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     n_linked = 0
     for plan in plans:
         folder = os.path.join(partial, plan.category)
         for source, relative in plan.images:
-            target = os.path.join(folder, relative)
-            if os.path.exists(target):
-                raise ConfigError(f"{source}: a second image named {relative} in {plan.category}")
-            n_linked += place_image(source, target)
-        for sources, relative in plan.masks:
-            write_mask(sources, os.path.join(folder, relative))
+            n_linked += place_image(source, os.path.join(folder, relative))
+        n_empty = sum(not write_mask(sources, os.path.join(folder, relative)) for sources, relative in plan.masks)
+        if n_empty:
+            plan.notes[EMPTY_MASK_NOTE] = n_empty
     print(f"{format}: {src} -> {dst}")
     for plan in plans:
         counts = check_category(os.path.join(partial, plan.category), plan)
         left_out = "".join(f"; left out: {n} {what}" for what, n in plan.skipped.items() if n)
-        print(f"  {plan.category}: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + f", masks {len(plan.masks)}{left_out}")
+        notes = "".join(f"; {n} {what}" for what, n in plan.notes.items())
+        print(f"  {plan.category}: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + f", masks {len(plan.masks)}{left_out}{notes}")
     if os.path.isdir(dst):
         shutil.rmtree(dst)  # only reached when dst is empty or --force=1
     os.replace(partial, dst)

@@ -5,15 +5,15 @@ Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every ca
     $ bash scripts/run_all_mvtec.sh                                        # the 15 categories under data/mvtec
     $ python scripts/sweep.py --categories=bottle,screw --epochs=50        # any train.py / test.py --name=value
     $ python scripts/sweep.py --gpus=0,1 --force=1                         # two GPUs; retrain what is finished
-    $ python scripts/sweep.py --table_only=1 --out_dir=runs --epochs=50    # rebuild runs/results.md, run nothing
+    $ python scripts/sweep.py --table_only=1 --out_dir=runs --epochs=50    # rebuild runs/results.md and report.html, run nothing
     $ python scripts/sweep.py --method=rd++ --official_epochs=1 --out_dir=runs_rdpp   # RD++ with its official epochs
     $ python scripts/sweep.py --unified=1 --protocol=ader --out_dir=runs_unified      # one model of all categories
 
 Per category C: `python train.py --category=C --resume=1 ...`, then `python test.py --checkpoint=<out_dir>/C/checkpoint.pth
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
 skipped; an interrupted one resumes from its checkpoint; one that fails is reported and the others go on. With several
-GPUs one category runs per GPU at a time. <out_dir>/results.md is rebuilt from the per-category files after every
-category. Exit status: 0 all done, 1 some category failed, 2 bad settings (an out_dir that cannot be written is
+GPUs one category runs per GPU at a time. <out_dir>/results.md and <out_dir>/report.html (the same tables, each cell
+linking to the category's report.html) are rebuilt from the per-category files after every category. Exit status: 0 all done, 1 some category failed, 2 bad settings (an out_dir that cannot be written is
 refused before any category starts), 128+signal when interrupted (Ctrl-C).
 
 With --unified=1 it trains ONE model of all the categories instead (`train.py --categories=a,b,c --resume=1`, logged
@@ -52,7 +52,7 @@ from utils.metrics import metrics_line  # noqa: E402
 categories = ""  # comma-separated folder names under data_root; default: the known dataset's categories found there
 gpus = ""  # comma-separated GPU ids, one category per id at a time (an id may repeat); default: every visible GPU
 force = False  # retrain categories that have results (train.py --overwrite=1) instead of skipping or resuming them
-table_only = False  # only rebuild <out_dir>/results.md from the finished categories; run nothing
+table_only = False  # only rebuild results.md and report.html from the finished categories; run nothing
 unified = False  # one model of all the categories (train.py --categories=...), evaluated on each; results in <out_dir>/<run name>/
 debug = False  # show Python tracebacks for user errors; passed on to train.py and test.py too
 # -----------------------------------------------------------------------------
@@ -327,20 +327,22 @@ def unified_run(names, train_config):
 def main():
     train_args, test_args, train_config = parse_args(sys.argv[1:])
     data_root, out_dir = train_config["data_root"], train_config["out_dir"]
+    # before anything else; a unified run's tables go to its run folder, checked once its name is known
+    check_outputs(f"out_dir={out_dir}", out_dir, [] if unified else ["results.md", "report.html"])
     if table_only:
         # the data need not be on the machine that gathers: columns also come from what is under out_dir
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
         run = unified_run(names, train_config)
-        check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md"])
+        check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
         text = write_results_md(out_dir, data_root, ordered(names), train_config, run)
         print(text)
-        print(f"wrote {table_path(out_dir, run)}")
+        print(f"wrote {table_path(out_dir, run)} and report.html beside it")
         return
     names = find_categories(data_root)
     run = unified_run(names, train_config)
-    check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md"])  # before any category starts
+    check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])  # before any category starts
     slots = gpu_slots(train_config["device"])
     sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run)
     todo = queue.Queue()
@@ -365,7 +367,7 @@ def main():
             w.join(timeout=0.5)  # short waits: the main thread must stay free to run the signal handler
 
     print("\n" + sweep.write_table(), flush=True)
-    print(f"wrote {table_path(out_dir, run)}")
+    print(f"wrote {table_path(out_dir, run)} and report.html beside it")
     if sweep.stop_signals:
         print(f"interrupted by signal {sweep.stop_signals[0]}: rerun the same command to resume (finished categories are skipped)")
     for category in sweep.failed:

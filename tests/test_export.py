@@ -124,8 +124,28 @@ def test_metadata_carries_the_evaluation(evaluated_export):
     assert float(metadata["image_f1_threshold"]) == results["image_f1_threshold"]
     assert [float(v) for v in metadata["heatmap_range"].split(",")] == results["heatmap_range"]
     assert metadata["evaluation"] == str(out_dir / CATEGORY / "results.json")
+    assert metadata["threshold"] == metadata["image_f1_threshold"] and metadata["threshold_source"].startswith("image_f1_threshold of results.json")
     int8 = load_exported(str(models / "model_int8.xml"), "openvino").metadata
     assert int8["precision"] == "int8" and int8["evaluation"].startswith("export.py --int8=1 on ")
+    assert int8["threshold"] == int8["image_f1_threshold"] and int8["threshold_source"] == "image_f1_threshold of " + int8["evaluation"]
+
+
+def test_metadata_carries_the_calibrated_threshold(trained, new_images, tmp_path):
+    """threshold.json beside the checkpoint (test.py --good_images) is the metadata's threshold, as test.py --images
+    would choose it, and predict_onnx.py labels with it."""
+    from threshold import calibration_record
+
+    _, checkpoint = trained
+    os.link(checkpoint, tmp_path / "checkpoint.pth")
+    record = calibration_record(np.linspace(0.1, 2.0, 20).tolist(), 0.05, "good/", str(tmp_path / "checkpoint.pth"), 64, "add")
+    (tmp_path / "threshold.json").write_text(json.dumps(record))
+    run_script("export.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}")
+    metadata = load_exported(str(tmp_path / "model.onnx")).metadata
+    assert float(metadata["threshold"]) == record["threshold"] == pytest.approx(1.95)  # midway between the two largest scores
+    assert "threshold.json: calibrated on 20 good images of good/" in metadata["threshold_source"]
+    assert metadata["image_f1_threshold"] == ""  # no evaluation in this out_dir
+    result = predict_onnx(f"--model={tmp_path / 'model.onnx'}", f"--images={new_images}", f"--out_dir={tmp_path / 'out'}")
+    assert "score >= 1.950000, the model's metadata: " in result.stdout and "threshold.json" in result.stdout
 
 
 def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(evaluated_export):

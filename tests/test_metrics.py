@@ -2,7 +2,8 @@
 Tests for utils/metrics.py against independent, deliberately slow references.
 
 sklearn for AUROC and AP, explicit Python loops over thresholds for F1-max, AUPRO and the
-RD4AD per-image PRO, plus hand-computed tiny cases.
+RD4AD per-image PRO, plus hand-computed tiny cases; ADer's pixel F1-max, IoU-max and mAD
+against a transcription of its definitions (util/metric.py at ADER_COMMIT).
 Run: python -m pytest -q tests/test_metrics.py
 """
 
@@ -13,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import auc, average_precision_score, roc_auc_score
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.metrics import compute_metrics  # noqa: E402
+import utils.metrics  # noqa: E402
+from utils.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves  # noqa: E402
 
 TOL = 1e-6
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -89,6 +91,49 @@ def ref_pro_paper(maps, masks):
         keep = fprs < 0.3
         values.append(auc(fprs[keep] / fprs[keep].max(), pros[keep]))
     return float(np.mean(values))
+
+
+# ADer, github.com/zhangzjn/ADer, util/metric.py (Evaluator.run, metrics 'mF1_max_px' and
+# 'mIoU_max_px') and configs/benchmark/README.md (mAD), read at this commit:
+ADER_COMMIT = "902937a7ed7fa7689674a4ac9b8fe9a72a40c402"
+ADER_EPS = 1e-8  # ADer adds it to every denominator
+
+
+def ref_ader_f1_iou_max(maps, masks):
+    """ADer's pixel F1-max and IoU-max, transcribed: the maps min-max normalised over the whole
+    set, thresholds np.arange(0, 1 + 1e-3, 0.05), predicted = normalised > threshold, the
+    category's pixels pooled; precision, recall, F1 and IoU with ADER_EPS in each denominator;
+    the maximum over thresholds. A constant map normalises to NaN (0/0), above no threshold."""
+    maps = maps.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        normalised = (maps - maps.min()) / (maps.max() - maps.min())
+    f1s, ious = [], []
+    for threshold in np.arange(0.0, 1.0 + 1e-3, 0.05):
+        predicted = normalised > threshold
+        intersection = np.logical_and(masks, predicted).sum()
+        union = np.logical_or(masks, predicted).sum()
+        precision = intersection / (predicted.sum() + ADER_EPS)
+        recall = intersection / (masks.sum() + ADER_EPS)
+        f1s.append(2 * precision * recall / (precision + recall + ADER_EPS))
+        ious.append(intersection / (union + ADER_EPS))
+    return max(f1s), max(ious)
+
+
+def ref_ader_image_f1(scores, labels):
+    """ADer's image F1-max: 2PR / (P + R) along sklearn's precision_recall_curve, the finite maximum."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    return np.max(f1[np.isfinite(f1)])
+
+
+def ref_mad(scores, labels, maps, masks):
+    """ADer's mAD: the mean of its seven columns I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP,
+    P-F1-max, AUPRO (ADer's pixel AUROC/AP/AUPRO are binned by ADEval; the exact ones here)."""
+    pix, lab = maps.ravel(), masks.ravel()
+    return np.mean([roc_auc_score(labels, scores), average_precision_score(labels, scores),
+                    ref_ader_image_f1(scores, labels), roc_auc_score(lab, pix), average_precision_score(lab, pix),
+                    ref_ader_f1_iou_max(maps, masks)[0], ref_aupro(maps, masks)])
 
 
 # ----------------------------------------------------------------------------- data
@@ -240,7 +285,7 @@ def test_all_normal_test_set():
     scores, labels, maps, masks = make_case(seed=7)
     m = compute_metrics(scores, np.zeros_like(labels), maps, np.zeros_like(masks))
     names = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", "pixel_auroc",
-             "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper")
+             "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper", "pixel_f1_21", "pixel_iou_max", "mad")
     assert all(m[k] is None for k in names)
     assert set(m["undefined"]) == set(names)
     assert m["undefined"]["image_auroc"] == "test set has no anomalous images"
@@ -250,7 +295,8 @@ def test_labelled_images_without_anomalous_pixels():
     scores, labels, maps, masks = make_case(seed=8)
     m = compute_metrics(scores, labels, maps, np.zeros_like(masks))
     assert m["image_auroc"] is not None
-    assert {"pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper"} == set(m["undefined"])
+    assert {"pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper", "pixel_f1_21", "pixel_iou_max",
+            "mad"} == set(m["undefined"])
     m = compute_metrics(scores, np.ones_like(labels), maps, masks)
     assert m["image_auroc"] is None and m["undefined"]["image_f1"] == "test set has no normal images"
     assert m["pixel_auroc"] is not None
@@ -260,3 +306,157 @@ def test_soft_masks_rejected():
     scores, labels, maps, masks = make_case(seed=9)
     with pytest.raises(ValueError):
         compute_metrics(scores, labels, maps, masks * 0.5)
+
+
+# ----------------------------------------------------------------------------- ADer's metrics
+
+@pytest.mark.parametrize("case", CASES)
+def test_ader_metrics_against_transcription(case):
+    scores, labels, maps, masks = make_case(**case)
+    m = compute_metrics(scores, labels, maps, masks)
+    f1, iou = ref_ader_f1_iou_max(maps, masks)
+    assert abs(m["pixel_f1_21"] - f1) < TOL and abs(m["pixel_iou_max"] - iou) < TOL
+    assert abs(m["mad"] - ref_mad(scores, labels, maps, masks)) < TOL
+    assert m["pixel_f1_21"] <= m["pixel_f1"] + TOL  # 21 thresholds cannot beat every threshold
+
+
+def test_ader_thresholds_compare_as_ader_does():
+    # Pixels exactly on ADer's float64 thresholds (0.15000000000000002 is not above the fourth
+    # one, but above 3 / 20), on k / 20 and one ulp either side. With the map spanning exactly
+    # [0, 1] normalising changes nothing, so each pixel falls as in ADer or the test fails.
+    rng = np.random.default_rng(11)
+    grid = np.arange(0.0, 1.0 + 1e-3, 0.05)
+    values = np.concatenate([grid, np.arange(21) / 20, np.nextafter(grid, 2.0), np.nextafter(grid, -1.0)])
+    maps = rng.choice(np.clip(values, 0.0, 1.0), size=(8, 12, 12))
+    maps[0, 0, 0], maps[0, 0, 1] = 0.0, 1.0
+    masks = rng.random((8, 12, 12)) < maps  # anomalous pixels score higher on the whole
+    masks[0, 0, 0] = True  # an anomalous pixel at the minimum is never above a threshold
+    scores, labels = maps.max(axis=(1, 2)), masks.any(axis=(1, 2))
+    m = compute_metrics(scores, labels, maps, masks)
+    f1, iou = ref_ader_f1_iou_max(maps, masks)
+    assert abs(m["pixel_f1_21"] - f1) < TOL and abs(m["pixel_iou_max"] - iou) < TOL
+    # the same maps in float32 are normalised in float64 as well
+    maps32 = maps.astype(np.float32)
+    m32 = compute_metrics(scores, labels, maps32, masks)
+    f1, iou = ref_ader_f1_iou_max(maps32.astype(np.float64), masks)
+    assert abs(m32["pixel_f1_21"] - f1) < TOL and abs(m32["pixel_iou_max"] - iou) < TOL
+
+
+def test_ader_metrics_by_hand():
+    # Normalised scores 0, 0.25, 0.5, 1 on four pixels, the top two anomalous. Above 0.25 (up
+    # to 0.45) exactly the anomalous ones: F1 = IoU = 1. Above 0 (up to 0.2): three pixels,
+    # F1 = 4/5, IoU = 2/3. Above 0.5: one, F1 = 2/3, IoU = 1/2.
+    maps = np.array([[[2.0, 3.0], [4.0, 6.0]]])
+    masks = np.array([[[False, False], [True, True]]])
+    m = compute_metrics([6.0], [1], maps, masks)
+    assert m["pixel_f1_21"] == 1.0 and m["pixel_iou_max"] == 1.0
+    # 0.25 and 1 anomalous: above 0, 4/5 and 2/3; above 0.25, 2/3 and 1/3; above 0.5, 2/3 and 1/2
+    masks = np.array([[[False, True], [False, True]]])
+    m = compute_metrics([6.0], [1], maps, masks)
+    assert abs(m["pixel_f1_21"] - 4 / 5) < TOL and abs(m["pixel_iou_max"] - 2 / 3) < TOL
+    # ADer's fourth threshold is the float64 0.15000000000000002. An anomalous pixel right on it
+    # is not above it, normal pixels at 0.15 are above 0.1: no threshold separates them, best
+    # F1 2/3 and IoU 1/2 (above 0.1, or above 0.2). Thresholds k / 20 (0.15 exactly), or
+    # ">=", would separate them and give 1.
+    maps = np.array([[[0.0, 0.15, 0.15, 0.15000000000000002, 1.0]]])
+    masks = np.array([[[False, False, False, True, True]]])
+    m = compute_metrics([1.0], [1], maps, masks)
+    assert abs(m["pixel_f1_21"] - 2 / 3) < TOL and abs(m["pixel_iou_max"] - 1 / 2) < TOL
+    assert ref_ader_f1_iou_max(maps, masks) == pytest.approx((2 / 3, 1 / 2), abs=TOL)
+
+
+def test_ader_metrics_in_chunks(monkeypatch):
+    scores, labels, maps, masks = make_case(seed=12, n=9, size=16)
+    whole = compute_metrics(scores, labels, maps, masks)
+    monkeypatch.setattr(utils.metrics, "ADER_CHUNK_PIXELS", 3 * 16 * 16 - 1)  # two images at a time, the last alone
+    chunked = compute_metrics(scores, labels, maps, masks)
+    assert chunked["pixel_f1_21"] == whole["pixel_f1_21"] and chunked["pixel_iou_max"] == whole["pixel_iou_max"]
+
+
+def test_ader_metrics_edge_cases():
+    scores, labels, maps, masks = make_case(seed=13)
+    # a constant map: ADer's normalisation is 0/0 = NaN, above no threshold: F1 and IoU 0, as here
+    constant = np.full_like(maps, 0.25)
+    m = compute_metrics(scores, labels, constant, masks)
+    assert ref_ader_f1_iou_max(constant, masks) == (0.0, 0.0)
+    assert m["pixel_f1_21"] == 0.0 and m["pixel_iou_max"] == 0.0 and m["mad"] is not None
+    # every pixel anomalous: no pixel AUROC, but F1 and IoU are defined (the minimum is above no threshold)
+    everything = np.ones_like(masks)
+    m = compute_metrics(scores, np.ones_like(labels), maps, everything)
+    f1, iou = ref_ader_f1_iou_max(maps, everything)
+    assert abs(m["pixel_f1_21"] - f1) < TOL and abs(m["pixel_iou_max"] - iou) < TOL
+    assert m["mad"] is None and m["undefined"]["mad"] == "image_auroc is undefined: test set has no normal images"
+    # no anomalous pixel: ADer would report 0 (0 / eps); here undefined, like the other pixel metrics
+    m = compute_metrics(scores, labels, maps, np.zeros_like(masks))
+    assert ref_ader_f1_iou_max(maps, np.zeros_like(masks)) == (0.0, 0.0)
+    assert m["pixel_f1_21"] is None and m["pixel_iou_max"] is None and m["mad"] is None
+    assert m["undefined"]["pixel_iou_max"] == "masks have no anomalous pixels"
+    assert m["undefined"]["mad"] == "pixel_auroc is undefined: masks have no anomalous pixels"
+    # image labels only
+    m = compute_metrics(scores, labels, maps, None)
+    assert m["undefined"]["pixel_iou_max"] == "no ground truth masks: image labels only"
+    assert m["undefined"]["mad"] == "pixel_auroc is undefined: no ground truth masks: image labels only"
+
+
+# ----------------------------------------------------------------------------- the curves kept for plots
+
+def on_polyline(x, y, px, py, tol=1e-9):
+    """Whether each point (px, py) lies on the polyline through the vertices (x, y), x non-decreasing."""
+    return all(any(x0 - tol <= a <= x1 + tol and min(y0, y1) - tol <= b <= max(y0, y1) + tol
+                   and abs((b - y0) * (x1 - x0) - (y1 - y0) * (a - x0)) <= tol
+                   for x0, x1, y0, y1 in zip(x[:-1], x[1:], y[:-1], y[1:])) for a, b in zip(px, py))
+
+
+@pytest.mark.parametrize("levels", [None, 4])  # with and without tied scores
+def test_image_curves_are_the_metrics(levels):
+    rng = np.random.default_rng(11)
+    labels = np.r_[np.zeros(30, dtype=bool), np.ones(20, dtype=bool)]
+    scores = rng.standard_normal(50) + labels
+    if levels:
+        scores = np.round(scores * levels) / levels
+    maps, masks = np.zeros((50, 2, 2), np.float32), np.zeros((50, 2, 2), bool)
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    fpr, tpr = np.array(curves["image_roc"]["fpr"]), np.array(curves["image_roc"]["tpr"])
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1) and (np.diff(fpr) >= 0).all() and (np.diff(tpr) >= 0).all()
+    assert abs(np.trapezoid(tpr, fpr) - metrics["image_auroc"]) < 1e-12
+    ref_fpr, ref_tpr, _ = roc_curve(labels, scores)
+    assert on_polyline(fpr, tpr, ref_fpr, ref_tpr)  # sklearn's ROC corners lie on ours
+    recall, precision = np.array(curves["image_pr"]["recall"]), np.array(curves["image_pr"]["precision"])
+    # AP, sklearn's step sum, read off the kept points
+    assert abs(np.sum(np.diff(np.r_[0, recall]) * precision) - metrics["image_ap"]) < 1e-12
+    # every kept point is one of sklearn's, which has one at every distinct score
+    ref_precision, ref_recall, _ = precision_recall_curve(labels, scores)
+    kept = set(zip(recall.round(12), precision.round(12)))
+    assert kept <= set(zip(ref_recall.round(12), ref_precision.round(12)))
+
+
+def test_pixel_curves_small_are_exact():
+    scores, labels, maps, masks = make_case(seed=12, n=3, size=8)  # under CURVE_POINTS vertices: nothing dropped
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    roc, pro = curves["pixel_roc"], curves["pixel_pro"]
+    assert abs(np.trapezoid(roc["tpr"], roc["fpr"]) - metrics["pixel_auroc"]) < 1e-12
+    assert pro["fpr"][0] == 0 and pro["fpr"][-1] == MAX_FPR and (np.diff(pro["fpr"]) >= 0).all()
+    assert abs(np.trapezoid(pro["pro"], pro["fpr"]) / MAX_FPR - metrics["pixel_aupro"]) < 1e-12
+
+
+def test_pixel_curves_downsampled():
+    scores, labels, maps, masks = make_case(seed=13, n=8, size=64)
+    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    ref_fpr, ref_tpr, _ = roc_curve(masks.ravel(), maps.ravel(), drop_intermediate=False)
+    for name, x, y in (("pixel_roc", "fpr", "tpr"), ("pixel_pr", "recall", "precision"), ("pixel_pro", "fpr", "pro")):
+        assert 100 < len(curves[name][x]) == len(curves[name][y]) <= CURVE_POINTS, name
+    roc = curves["pixel_roc"]
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0, 0, 1, 1)
+    # the vertices kept are points of the exact curve: on sklearn's full ROC polyline
+    assert on_polyline(ref_fpr, ref_tpr, roc["fpr"][::10], roc["tpr"][::10])
+    assert abs(np.trapezoid(roc["tpr"], roc["fpr"]) - metrics["pixel_auroc"]) < 2e-3
+    pro = curves["pixel_pro"]
+    assert pro["fpr"][0] == 0 and pro["fpr"][-1] == MAX_FPR
+    assert abs(np.trapezoid(pro["pro"], pro["fpr"]) / MAX_FPR - metrics["pixel_aupro"]) < 2e-3
+
+
+def test_curves_undefined_without_masks():
+    scores, labels, maps, _ = make_case(seed=14)
+    metrics, curves = metrics_and_curves(scores, labels, maps, None)
+    assert curves["image_roc"] and curves["pixel_roc"] is curves["pixel_pr"] is curves["pixel_pro"] is None
+    assert metrics == compute_metrics(scores, labels, maps, None)

@@ -175,6 +175,46 @@ def make_mvtec_ad_2(root):
         write_image(os.path.join(cat, "test_private_mixed", f"{i:03d}.png"), seed=50 + i)
 
 
+REAL_IAD_TIME = "20231021130210"
+
+
+def real_iad_name(obj, sample, kind, view):
+    """Real-IAD's file stem: object, sample number, OK or NG_<class>, camera view, capture time."""
+    return f"{obj}_{sample:04d}_{'OK' if kind == 'OK' else 'NG_' + kind}_C{view}_{REAL_IAD_TIME}"
+
+
+def make_real_iad(root, objects=("audiojack", "pcb"), resolutions=("256",), nested=False):
+    """Real-IAD as extracted: realiad_<res>/<object>/OK/S<nnnn>/<stem>.jpg and NG/<class>/S<nnnn>/<stem>.jpg with the
+    mask <stem>.png beside it, five views C1-C5 per sample; split files <object>.json with meta {prefix, normal_class}
+    and train/test entries in realiad_jsons/ (every view) and realiad_jsons_sv/ (C1), or both in realiad_jsons/ when
+    nested. Per object: 4 normal training samples, 1 normal and 1 anomalous (class AK) test sample; the anomalous
+    sample's defect is not visible from C3, whose entry has no mask."""
+    splits = {"all": {}, "single": {}}
+    for k, obj in enumerate(objects):
+        entries = {"train": [], "test": []}
+        for sample, split, kind in [(s, "train", "OK") for s in range(1, 5)] + [(5, "test", "OK"), (6, "test", "AK")]:
+            for view in range(1, 6):
+                stem = real_iad_name(obj, sample, kind, view)
+                folder = f"OK/S{sample:04d}" if kind == "OK" else f"NG/{kind}/S{sample:04d}"
+                has_mask = kind != "OK" and view != 3
+                for res in resolutions:
+                    base = os.path.join(root, f"realiad_{res}", obj, folder)
+                    write_image(os.path.join(base, stem + ".jpg"), seed=1000 * k + 10 * sample + view, defect=has_mask)
+                    if has_mask:
+                        write_mask(os.path.join(base, stem + ".png"))
+                entries[split].append({"category": obj, "anomaly_class": kind, "image_path": f"{folder}/{stem}.jpg",
+                                       "mask_path": f"{folder}/{stem}.png" if has_mask else None})
+        for views, keep in (("all", lambda e: True), ("single", lambda e: "_C1_" in e["image_path"])):
+            splits[views][obj] = {"meta": {"prefix": f"{obj}/", "normal_class": "OK"},
+                                  "train": [e for e in entries["train"] if keep(e)], "test": [e for e in entries["test"] if keep(e)]}
+    for views, folder in (("all", "realiad_jsons"), ("single", "realiad_jsons_sv")):
+        target = os.path.join(root, "realiad_jsons", folder) if nested else os.path.join(root, folder)
+        os.makedirs(target)
+        for obj, info in splits[views].items():
+            with open(os.path.join(target, f"{obj}.json"), "w") as f:
+                json.dump(info, f)
+
+
 # -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -213,7 +253,9 @@ def test_sweep_runs_converted_visa_without_categories(visa, tmp_path):
     for table in ("Image-Level AUC", "Pixel-Level AUC", "AUPRO"):
         cells = table_row(results_md, table, "ours, RD (resnet18)")
         assert all(c not in ("-", "n/a", "failed") for c in cells)
-    assert "No reference rows: no published RD or RD++ numbers for VisA were found to cite." in results_md
+    assert "Reference rows: ADer benchmark, configs/benchmark/README.md of github zhangzjn/ADer at commit 902937a" in results_md
+    assert table_row(results_md, "mIoU-max (ADer)", "RD, ADer benchmark: one model for all 12 categories, 100 epochs") == ["0.279", "", ""]
+    assert all(c not in ("-", "n/a", "failed") for c in table_row(results_md, "mAD (ADer)", "ours, RD (resnet18)"))
     assert "anomalib" not in results_md  # MVTec AD's reference rows belong to MVTec AD
 
 
@@ -329,3 +371,94 @@ def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
     assert table_row(text, "Pixel-Level AUC", "RD++ (Tien et al., CVPR 2023), 3-category mean") == ["0.974", "", "", ""]
     assert "Reference rows: Tien et al., \"Revisiting Reverse Distillation for Anomaly Detection\", CVPR 2023" in text
     assert "anomalib" not in text
+
+
+def test_real_iad_all_views_and_single_view(tmp_path):
+    src = str(tmp_path / "Real-IAD")
+    make_real_iad(src)
+    stem = real_iad_name("pcb", 6, "AK", 5)
+    write_mask(os.path.join(src, "realiad_256", "pcb", "NG", "AK", "S0006", stem + ".png"), value=0)  # an empty mask
+    note = "1 test images of an anomalous class without a mask, normal as Real-IAD's loader reads them"
+    stdout = prepare("real_iad", src, str(tmp_path / "all"), "--views=all").stdout
+    assert f"  audiojack: train/good 20, test/AK 4, test/good 6, masks 4; {note}\n" in stdout
+    assert (f"  pcb: train/good 20, test/AK 4, test/good 6, masks 4; {note}; 1 anomalous test images with an empty mask "
+            "(anomalous here by their folder; ADer scores them normal)\n") in stdout
+    for obj in ("audiojack", "pcb"):
+        base = os.path.join(tmp_path, "all", obj)
+        # every view an image of its own, under Real-IAD's own file name
+        assert files(os.path.join(base, "train", "good")) == sorted(
+            real_iad_name(obj, sample, "OK", view) + ".jpg" for sample in range(1, 5) for view in range(1, 6))
+        assert files(os.path.join(base, "test", "AK")) == [real_iad_name(obj, 6, "AK", v) + ".jpg" for v in (1, 2, 4, 5)]
+        assert real_iad_name(obj, 6, "AK", 3) + ".jpg" in files(os.path.join(base, "test", "good"))
+        assert files(os.path.join(base, "ground_truth", "AK")) == [real_iad_name(obj, 6, "AK", v) + "_mask.png" for v in (1, 2, 4, 5)]
+        if obj == "audiojack":
+            check_masks(base, box_mask())
+        stem = real_iad_name(obj, 6, "AK", 1)
+        assert os.path.samefile(os.path.join(base, "test", "AK", stem + ".jpg"),
+                                os.path.join(src, "realiad_256", obj, "NG", "AK", "S0006", stem + ".jpg"))
+
+    stdout = prepare("real_iad", src, str(tmp_path / "c1"), "--views=single").stdout
+    assert "  audiojack: train/good 4, test/AK 1, test/good 1, masks 1\n" in stdout
+    base = os.path.join(tmp_path, "c1", "audiojack")
+    assert all("_C1_" in name for d in ("train/good", "test/good", "test/AK") for name in files(os.path.join(base, d)))
+
+
+def test_real_iad_nested_split_files_several_resolutions_trains(tmp_path):
+    src, dst = str(tmp_path / "Real-IAD"), str(tmp_path / "converted")
+    make_real_iad(src, objects=("toy",), resolutions=("256", "1024"), nested=True)  # realiad_jsons/realiad_jsons_sv/
+    several = prepare("real_iad", src, dst, "--views=single", check=False)
+    assert several.returncode == 2 and "holds realiad_1024, realiad_256; pick one with --resolution=1024" in several.stderr
+    stdout = prepare("real_iad", src, dst, "--views=single", "--resolution=256").stdout
+    assert "  toy: train/good 4, test/AK 1, test/good 1, masks 1\n" in stdout
+    results = train_and_test(dst, "toy", str(tmp_path / "runs"))
+    assert results["n_images"] == 2 and results["n_anomalous"] == 1
+    assert results["pixel_auroc"] is not None and results["pixel_iou_max"] is not None
+
+
+def test_real_iad_refusals(tmp_path):
+    src = str(tmp_path / "Real-IAD")
+    make_real_iad(src, objects=("toy",))
+    bad_views = prepare("real_iad", src, str(tmp_path / "out"), "--views=three", check=False)
+    assert bad_views.returncode == 2 and "--views=three: must be all" in bad_views.stderr
+    other_format = prepare("mpdd", src, str(tmp_path / "out"), "--views=single", check=False)
+    assert other_format.returncode == 2 and "--views: only used with --format=real_iad" in other_format.stderr
+    stem = real_iad_name("toy", 6, "AK", 2)
+    os.remove(os.path.join(src, "realiad_256", "toy", "NG", "AK", "S0006", stem + ".png"))
+    missing = prepare("real_iad", src, str(tmp_path / "out"), check=False)
+    split_file = os.path.join(src, "realiad_jsons", "toy.json")
+    assert missing.returncode == 2 and f"{split_file}: test[6]: no mask " in missing.stderr and stem + ".png" in missing.stderr
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists(tmp_path / "out.partial")
+    info = json.load(open(split_file))
+    info["test"][6]["mask_path"] = None  # no mask: read as normal, as Real-IAD's loader does
+    info["train"].append(info["train"][0])  # one image twice
+    with open(split_file, "w") as f:
+        json.dump(info, f)
+    twice = prepare("real_iad", src, str(tmp_path / "out"), check=False)
+    name = real_iad_name("toy", 1, "OK", 1) + ".jpg"
+    assert twice.returncode == 2 and f"{name}: would be written as toy/train/good/{name}, as " in twice.stderr
+    with open(split_file, "w") as f:
+        json.dump({"train": [], "test": []}, f)
+    broken = prepare("real_iad", src, str(tmp_path / "out"), check=False)
+    assert broken.returncode == 2 and f"{split_file}: expected a Real-IAD split file" in broken.stderr
+
+
+def test_real_iad_table_has_ader_rows_and_the_authors_order(tmp_path):
+    """Real-IAD's objects in its authors' order, and ADer's published unified-setting rows with their source."""
+    import train
+    import results as results_layer
+
+    config = {k: getattr(train, k) for k in train.config_keys}
+    for category, iou in (("zipper", 0.25), ("audiojack", 0.15), ("pcb", 0.2)):
+        (tmp_path / category).mkdir()
+        results = {"image_auroc": 0.9, "pixel_auroc": 0.95, "image_f1": 0.9, "pixel_aupro": 0.7, "pixel_iou_max": iou,
+                   "mad": 0.6, "train_config": dict(config, category=category, betas=list(config["betas"]))}
+        (tmp_path / category / "results.json").write_text(json.dumps(results))
+    text = results_layer.results_md(str(tmp_path), "data/realiad", ["zipper", "audiojack", "pcb"], config)
+    assert text.startswith("# Reverse Distillation on data/realiad (Real-IAD)")
+    assert table_row(text, "mIoU-max (ADer)", "") == ["Avg", "Audiojack", "Pcb", "Zipper"]
+    assert table_row(text, "mIoU-max (ADer)", "ours, RD (wide_resnet50_2)") == ["0.200", "0.150", "0.200", "0.250"]
+    assert table_row(text, "mIoU-max (ADer)", "RD, ADer benchmark: one model for all 30 categories, 100 epochs") == ["0.200", "", "", ""]
+    assert table_row(text, "mAD (ADer)", "RD++, ADer benchmark: one model for all 30 categories, 100 epochs")[0] == "0.696"
+    assert table_row(text, "AUPRO", "RD, ADer benchmark: one model for all 30 categories, 100 epochs")[0] == "0.900"
+    assert "Reference rows: ADer benchmark, configs/benchmark/README.md of github zhangzjn/ADer at commit 902937a" in text
+    assert "anomalib" not in text and "SPEC" not in text  # Real-IAD's zipper is not MVTec AD's

@@ -382,6 +382,11 @@ def test_rdpp_errors_are_one_line(rdpp_root, data_root, tmp_path):
     ckpt["proj"] = MultiProjection("wide_resnet50_2").state_dict()
     torch.save(ckpt, path)
     assert "does not fit backbone=resnet18" in error("test.py", f"--checkpoint={path}")
+    # an RD++ checkpoint from before the accumulate setting existed was trained without it, and resumes so only
+    del ckpt["config"]["accumulate"]
+    torch.save(ckpt, path)
+    assert f"--accumulate=True: {path} was trained with accumulate=False" in error(
+        "train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path / 'rd'}", "--resume=1", "--epochs=2", "--batch_size=4", *RDPP)
 
 
 def test_rd_stays_the_default_and_the_official_epochs_cover_mvtec():

@@ -76,7 +76,8 @@ def test_failure_is_isolated_and_finished_categories_are_skipped(three_categorie
     results_md = open(os.path.join(out_dir, "results.md")).read()
     assert first.stdout.count("## Image-Level AUC") == 1  # the tables are also printed at the end
     for table, key in (("Image-Level AUC", "image_auroc"), ("Pixel-Level AUC", "pixel_auroc"),
-                       ("Image F1 Score", "image_f1"), ("AUPRO", "pixel_aupro")):
+                       ("Image F1 Score", "image_f1"), ("mIoU-max (ADer)", "pixel_iou_max"), ("mAD (ADer)", "mad"),
+                       ("AUPRO", "pixel_aupro")):  # AUPRO last: its cells are compared again below
         # columns: Avg, then non-MVTec names sorted: Disc, Grid Gray, Stripes
         avg, disc, grid, stripes = table_row(results_md, table, "ours, RD (resnet18)")
         assert (disc, grid, stripes) == (f"{results['disc'][key]:.3f}", "failed", f"{results['stripes'][key]:.3f}")

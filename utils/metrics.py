@@ -7,16 +7,33 @@ compute_metrics(image_scores, image_labels, maps, masks) returns, as python floa
   pixel_aupro      area under the PRO curve up to FPR 0.3, divided by 0.3 (Bergmann et al.)
   pixel_pro_paper  the per-image PRO of the official RD4AD test script; a different,
                    non-standard number that is NOT comparable to pixel_aupro
+and the ADer benchmark's (zhangzjn/ADer, util/metric.py at 902937a; its unified-setting tables):
+  pixel_f1_21      pixel F1-max over 21 thresholds 0, 0.05, ..., 1 of the maps min-max
+                   normalised over the whole test set, pixels pooled (ADer's P-F1 / mF1_max_px)
+  pixel_iou_max    IoU-max over the same 21 thresholds (ADer's mIoU-max)
+  mad              the mean of image_auroc, image_ap, image_f1, pixel_auroc, pixel_ap,
+                   pixel_f1_21 and pixel_aupro (ADer's mAD)
 plus `undefined`, which maps each metric that came back as None to the reason.
+metrics_and_curves(...) also returns the curves these numbers are read off (ROC, precision-recall, PRO up to
+FPR 0.3), image level in full and pixel level downsampled to CURVE_POINTS vertices, for plots (report.py).
+
+ADer's image metrics are sklearn's, as ours. Its pixel AUROC, AP and AUPRO come from the
+ADEval package, binned into 50 strips between the maps' min and max: close to, not equal
+to, the exact ones here (scripts/compare_adeval.py measures the difference), so `mad` is
+ADer's formula over our exact metrics. A constant map (max = min) has no min-max
+normalisation; ADer's 0/0 makes it NaN, above no threshold, so pixel_f1_21 and
+pixel_iou_max are 0.0 there, as here.
 
 AUROC and AP follow sklearn's roc_auc_score / average_precision_score exactly (ties
 included); F1-max is the best F1 over all thresholds, predicting positive when
-score >= threshold. All pixel metrics share one sort of the pixel scores and are read
-off it with binary searches and cumulative sums: no Python loop over thresholds or pixels.
+score >= threshold. The exact pixel metrics share one sort of the pixel scores and are read
+off it with binary searches and cumulative sums; ADer's two count the pixels between its 21
+thresholds in one chunked pass: no Python loop over thresholds or pixels.
 
 Usage:
-    from utils.metrics import compute_metrics
+    from utils.metrics import compute_metrics, metrics_and_curves
     metrics = compute_metrics(image_scores, image_labels, maps, masks)  # numpy or torch
+    metrics, curves = metrics_and_curves(image_scores, image_labels, maps, masks)
 Tests against slow references: python -m pytest -q tests/test_metrics.py
 Timing against sklearn:        python scripts/bench_metrics.py
 """
@@ -29,14 +46,23 @@ from scipy import ndimage
 
 MAX_FPR = 0.3  # AUPRO integration limit, as in the MVTec AD benchmark and the RD4AD script
 PAPER_NUM_TH = 200  # thresholds per image in the RD4AD script
+CURVE_POINTS = 300  # vertices kept of each pixel-level curve: enough to draw it, a few kB to store
 # 8-connectivity inside each image and none across images, so labelling the whole
 # (N, H, W) stack at once gives every region of the test set its own id.
 _STACK_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
 _STACK_8_CONNECTED[1] = True
 
-METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold",
-                "pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper")
-HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")  # printed after a run, the tables of results.md
+# ADer's pixel thresholds, built as ADer builds them (np.arange), so that each one is the
+# same float64 (0.15000000000000002, not 3 / 20 = 0.15) and a pixel on a threshold falls the same side.
+ADER_THRESHOLDS = np.arange(0.0, 1.0 + 1e-3, 0.05)  # (21,)
+ADER_CHUNK_PIXELS = 1 << 22  # pixels normalised at a time: 64 MB of float64 temporaries
+
+PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper",
+               "pixel_f1_21", "pixel_iou_max")
+METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", *PIXEL_NAMES, "mad")
+MAD_PARTS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro")
+# printed after a run; results.md tabulates these and ADer's pixel_iou_max and mad (results.TABLES)
+HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")
 
 
 def metrics_line(metrics, digits=3):
@@ -131,7 +157,8 @@ def _f1_max(c):
 
 
 def _aupro(c, region_sizes, max_fpr=MAX_FPR):
-    """Normalised area under the PRO curve for FPR in [0, max_fpr].
+    """(normalised area under the PRO curve for FPR in [0, max_fpr], the curve's fpr, the curve's pro):
+    the curve from (0, 0) up to and including its point at FPR = max_fpr, the part that is integrated.
 
     PRO is the mean over all regions of the fraction of each region detected. Giving each
     anomalous pixel the weight 1 / (number of regions * size of its region) makes PRO at
@@ -153,7 +180,41 @@ def _aupro(c, region_sizes, max_fpr=MAX_FPR):
     f0, f1, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
     p_cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0)
     area = np.trapezoid(pro[:cut], fpr[:cut]) + (max_fpr - f0) * (p0 + p_cut) / 2.0
-    return float(area) / max_fpr
+    return float(area) / max_fpr, np.append(fpr[:cut], max_fpr), np.append(pro[:cut], p_cut)
+
+
+def _roc(c):
+    """(fpr, tpr) vertices of the ROC curve from (0, 0) to (1, 1): each group of tied scores enters at its
+    (fps_above, tps_above) and leaves at (fps, tps); its trapezoid area is _auroc's."""
+    fpr = np.concatenate(([0.0], np.stack([c.fps_above, c.fps], 1).ravel() / c.n_neg, [1.0]))
+    tpr = np.concatenate(([0.0], np.stack([c.tps_above, c.tps], 1).ravel() / c.tps[-1], [1.0]))
+    return fpr, tpr
+
+
+def _precision_recall(c):
+    """(recall, precision) at each group of tied scores that holds a positive, and just above it (where only the
+    negatives ranked above it have been added: the saw tooth between groups)."""
+    above = c.tps_above > 0  # at the top, before the first positive, precision is undefined
+    recall = np.stack([c.tps_above, c.tps], 1) / c.tps[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.stack([c.tps_above / (c.tps_above + c.fps_above), c.tps / (c.tps + c.fps)], 1)
+    keep = np.stack([above, np.ones_like(above)], 1)
+    return recall[keep], precision[keep]
+
+
+def downsample(x, y, n=CURVE_POINTS):
+    """At most n of the vertices of the polyline (x, y), the first and the last among them, spread evenly along its
+    length (steps in x and y, each axis scaled to its span): the vertices kept are exact points of the curve."""
+    if x.size <= n:
+        return x, y
+    step = np.abs(np.diff(x)) / max(np.ptp(x), 1e-300) + np.abs(np.diff(y)) / max(np.ptp(y), 1e-300)
+    length = np.concatenate(([0.0], np.cumsum(step)))
+    keep = np.unique(np.searchsorted(length, np.linspace(0.0, length[-1], n)).clip(0, x.size - 1))
+    return x[keep], y[keep]
+
+
+def _curve_dict(names, arrays):
+    return {name: a.tolist() for name, a in zip(names, arrays)}
 
 
 def _pro_paper_image(amap, mask, regions):
@@ -197,14 +258,53 @@ def _pro_paper_image(amap, mask, regions):
     return float(-np.trapezoid(pro, fpr / fpr.max()))
 
 
+def _ader_f1_iou_max(maps, masks):
+    """(pixel_f1_21, pixel_iou_max): ADer's F1-max and IoU-max over ADER_THRESHOLDS.
+
+    The maps are min-max normalised over the whole set in float64 (as ADer's float64 maps);
+    a pixel is predicted anomalous at threshold t when its normalised score is > t. Each
+    pixel's level, the number of thresholds strictly below it, is one binary search, and
+    counting pixels per level (all, and anomalous) gives every threshold's confusion counts
+    at once: one pass over the pixels in chunks, no (21, N, H, W) temporary.
+    """
+    lo, hi = float(maps.min()), float(maps.max())
+    n_levels = ADER_THRESHOLDS.size + 1
+    predicted, hits = np.zeros(n_levels, np.int64), np.zeros(n_levels, np.int64)
+    step = max(1, ADER_CHUNK_PIXELS // (maps[0].size or 1))
+    for start in range(0, len(maps), step):
+        chunk = maps[start:start + step].astype(np.float64).ravel()
+        # A constant map has no normalisation; ADer's 0/0 = NaN is above no threshold, as 0 here.
+        normalised = (chunk - lo) / (hi - lo) if hi > lo else np.zeros_like(chunk)
+        level = np.searchsorted(ADER_THRESHOLDS, normalised, side="left")  # (pixels,) in 0..21
+        predicted += np.bincount(level, minlength=n_levels)
+        hits += np.bincount(level[masks[start:start + step].ravel()], minlength=n_levels)
+    # pixels above threshold k are those of level > k: suffix sums from level k + 1
+    predicted_above = np.cumsum(predicted[::-1])[::-1][1:]  # (21,)
+    hits_above = np.cumsum(hits[::-1])[::-1][1:]
+    n_anomalous = hits.sum()
+    f1 = 2.0 * hits_above / (predicted_above + n_anomalous)
+    iou = hits_above / (predicted_above + n_anomalous - hits_above)
+    return float(f1.max()), float(iou.max())
+
+
 def compute_metrics(image_scores, image_labels, maps, masks):
-    """All image- and pixel-level metrics; see the module docstring.
+    """All image- and pixel-level metrics; see the module docstring and metrics_and_curves."""
+    return metrics_and_curves(image_scores, image_labels, maps, masks)[0]
+
+
+def metrics_and_curves(image_scores, image_labels, maps, masks):
+    """(metrics, curves): all image- and pixel-level metrics, and the curves they are read off.
 
     image_scores (N,) and image_labels (N,) in {0, 1}; maps (N, H, W) anomaly maps and
     masks (N, H, W) in {0, 1}; numpy arrays or torch tensors. Pass float32 maps for speed.
     masks=None (data with image labels only): the pixel metrics are None, with that reason.
-    Returns a dict of python floats, None for metrics the data cannot define, and
+    metrics: a dict of python floats, None for metrics the data cannot define, and
     `undefined`: {metric name: reason} for those Nones (empty when all are defined).
+    curves: {"image_roc": {"fpr", "tpr"}, "image_pr": {"recall", "precision"}, "pixel_roc", "pixel_pr",
+    "pixel_pro": {"fpr", "pro"}}, lists of floats, None where the metric is undefined. Image curves
+    hold every vertex (their trapezoid area is image_auroc); pixel curves at most CURVE_POINTS vertices
+    (utils.metrics.downsample), so their areas are close to, not equal to, the metrics: those are computed exactly.
+    pixel_pro runs from FPR 0 to MAX_FPR, the part of the curve pixel_aupro integrates.
     """
     image_scores = _as_scores(image_scores, "image_scores").ravel()
     image_labels = _as_binary(image_labels, "image_labels").ravel()
@@ -217,6 +317,7 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         raise ValueError(f"maps {maps.shape} and masks {masks.shape} must both be (N, H, W) "
                          f"with N = {image_scores.size} images")
     out = dict.fromkeys(METRIC_NAMES)
+    curves = dict.fromkeys(("image_roc", "image_pr", "pixel_roc", "pixel_pr", "pixel_pro"))
     undefined = {}
 
     n_anomalous = int(image_labels.sum())
@@ -225,17 +326,31 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         out["image_auroc"] = _auroc(curve)
         out["image_ap"] = _average_precision(curve)
         out["image_f1"], out["image_f1_threshold"] = _f1_max(curve)
+        curves["image_roc"] = _curve_dict(("fpr", "tpr"), _roc(curve))
+        curves["image_pr"] = _curve_dict(("recall", "precision"), _precision_recall(curve))
     else:
         reason = "test set has no normal images" if n_anomalous else "test set has no anomalous images"
         for name in ("image_auroc", "image_f1", "image_ap", "image_f1_threshold"):
             undefined[name] = reason
 
     if labels_only:
-        for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper"):
+        for name in PIXEL_NAMES:
             undefined[name] = "no ground truth masks: image labels only"
-        out["undefined"] = undefined
-        return out
+    else:
+        _pixel_metrics(maps, masks, out, undefined, curves)
 
+    missing = [name for name in MAD_PARTS if out[name] is None]
+    if missing:
+        undefined["mad"] = f"{missing[0]} is undefined: {undefined[missing[0]]}"
+    else:
+        out["mad"] = float(np.mean([out[name] for name in MAD_PARTS]))
+    out["undefined"] = undefined
+    return out, curves
+
+
+def _pixel_metrics(maps, masks, out, undefined, curves):
+    """Fill `out` with the pixel metrics of maps (N, H, W) against bool masks (N, H, W), `undefined` with the
+    reasons of those the masks cannot define, and `curves` with the pixel curves (metrics_and_curves)."""
     regions, n_regions = ndimage.label(masks, structure=_STACK_8_CONNECTED)
     n_pixels_anomalous = int(np.count_nonzero(regions))
     if 0 < n_pixels_anomalous < regions.size:
@@ -243,11 +358,21 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         out["pixel_auroc"] = _auroc(curve)
         out["pixel_ap"] = _average_precision(curve)
         out["pixel_f1"], _ = _f1_max(curve)
-        out["pixel_aupro"] = _aupro(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        out["pixel_aupro"], pro_fpr, pro = _aupro(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
+        curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
+        curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
         for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro"):
             undefined[name] = reason
+
+    # F1 and IoU need anomalous pixels only; masks without any normal pixel still define them.
+    if n_pixels_anomalous:
+        out["pixel_f1_21"], out["pixel_iou_max"] = _ader_f1_iou_max(maps, masks)
+    else:
+        for name in ("pixel_f1_21", "pixel_iou_max"):
+            undefined[name] = "masks have no anomalous pixels"
 
     per_image = [_pro_paper_image(amap, mask, region)
                  for amap, mask, region in zip(maps, masks, regions) if mask.any()]
@@ -255,6 +380,3 @@ def compute_metrics(image_scores, image_labels, maps, masks):
         out["pixel_pro_paper"] = float(np.mean(per_image))
     else:
         undefined["pixel_pro_paper"] = "no image has anomalous pixels"
-
-    out["undefined"] = undefined
-    return out

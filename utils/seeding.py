@@ -1,5 +1,6 @@
 """Seeding and device choice, shared by train.py and test.py."""
 
+import platform
 import random
 import warnings
 
@@ -33,3 +34,17 @@ def resolve_device(device):
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"--device={device}: this machine has {torch.cuda.device_count()} CUDA devices; use --device=cpu or auto")
     return device
+
+
+def describe_device(device):
+    """The hardware behind a torch device, in words, e.g. 'NVIDIA H200' or 'CPU: AMD EPYC 7B13, 2 threads'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux names the model here; platform.processor() often only says x86_64
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{device.type.upper()}: {name}, {torch.get_num_threads()} threads"

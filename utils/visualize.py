@@ -84,8 +84,11 @@ def save_png(path, picture):
 
 def save_prediction_strips(folder, paths, images, maps, scores, heat_range, threshold):
     """A prediction_strip per scored image, <folder>/<its file name>.png (.png added to other names): test.py
-    --images=DIR and scripts/predict_onnx.py. images (N,3,S,S) uint8, maps (N,S,S), scores N floats."""
+    --images=DIR and scripts/predict_onnx.py. images (N,3,S,S) uint8, maps (N,S,S), scores N floats.
+    Returns the strips' file names."""
+    names = []
     for path, image, amap, score in zip(paths, images, maps, scores):
         name = os.path.basename(path)
-        name = name if name.lower().endswith(".png") else name + ".png"
-        save_png(os.path.join(folder, name), prediction_strip(image, amap, score, heat_range, threshold))
+        names.append(name if name.lower().endswith(".png") else name + ".png")
+        save_png(os.path.join(folder, names[-1]), prediction_strip(image, amap, score, heat_range, threshold))
+    return names

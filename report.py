@@ -1,0 +1,437 @@
+"""
+HTML reports of what the model decided: one per evaluation, one per folder of scored images, one per sweep. A
+report opens from the file system, offline (no server, nothing fetched from the network): one HTML file with its
+style inline, and its pictures in a folder beside it (plots drawn with matplotlib as PNG, image strips as JPEG).
+
+    test.py                  -> <out_dir>/<category>/report.html + report/    (write_evaluation_report)
+    test.py --images=DIR     -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
+    scripts/sweep.py         -> <out_dir>/report.html, its tables linking to each category's report (write_sweep_report)
+
+An evaluation report holds: the metrics with one-line definitions; the threshold used and why, with what it gives
+on the test set; where and when it ran and the settings the checkpoint was trained with; ROC, precision-recall
+and PRO curves at image and pixel level (PRO up to FPR 0.3, the part AUPRO integrates); the image scores per test
+folder with the threshold; per defect type its count, image AUROC against the good images and recall at the
+threshold; the training loss per epoch (loss.csv beside the checkpoint: epoch,loss,seconds); and the gallery:
+every test image as input | ground truth | heatmap with its score, the mistakes at the threshold first (missed
+defects, then false alarms), then by score, each thumbnail opening its full-size strip.
+
+Size: a thumbnail is THUMB_HEIGHT pixels high, a full-size strip is the image size high (utils/visualize.py's
+strips), both JPEG at JPEG_QUALITY. MVTec AD's largest test set (pill, 167 images at 256x256) makes a report of
+about 11 MB: a photograph's strip takes about 56 kB full-size and 11 kB as a thumbnail (measured on matplotlib's
+sample photograph), plus about 100 kB of plots; even pure noise, the worst case for JPEG, stays under 30 MB
+(tests/test_report.py::test_report_size_bound).
+"""
+
+import csv
+import html
+import os
+import shutil
+import tempfile
+import threading
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from utils.files import UMASK, atomic_write_text
+from utils.visualize import evaluation_strip, prediction_strip
+
+THUMB_HEIGHT = 96  # pixels of a gallery thumbnail (a strip of 3 panels: 288 x 96)
+JPEG_QUALITY = 88
+PLOT_DPI = 80
+FOLDER = "report"  # the pictures' folder beside report.html
+
+METRICS = {  # name: one-line definition, in the order shown
+    "image_auroc": "area under the ROC curve of the image scores: the chance that a defective image scores above a good one",
+    "image_ap": "average precision of the image scores: area under their precision-recall curve (sklearn's step sum)",
+    "image_f1": "best F1 over all thresholds of the image scores (F1-max), reached at image_f1_threshold",
+    "image_f1_threshold": "the image score at which F1-max is reached, picked with the test labels",
+    "pixel_auroc": "area under the ROC curve of every pixel of every test image against the ground-truth masks",
+    "pixel_ap": "average precision of every pixel against the masks",
+    "pixel_f1": "best F1 over all thresholds of the pixel scores",
+    "pixel_aupro": "area under the per-region overlap (PRO) curve up to a false-positive rate of 0.3, divided by 0.3: "
+                   "every defect region counts alike, whatever its size",
+    "pixel_pro_paper": "the official RD4AD script's per-image PRO: a different number, not comparable with pixel_aupro",
+}
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
+td.value { text-align: right; font-variant-numeric: tabular-nums; } .note { color: #555; }
+.threshold { background: #f4f4f4; padding: 0.6em 1em; border-left: 4px solid #888; }
+.gallery { display: flex; flex-wrap: wrap; gap: 6px; } figure { margin: 0; padding: 3px; border: 2px solid #ddd; }
+figure.missed { border-color: #d62728; } figure.false_alarm { border-color: #ff7f0e; }
+figcaption { font-size: 12px; max-width: 300px; overflow-wrap: anywhere; } img { display: block; }
+"""
+
+
+def page(title, body):
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def table(header, rows):
+    """An HTML table; cells are HTML already (escape text before)."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    return f"<table><tr>{head}</tr>" + "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows) + "</table>"
+
+
+def cell(text, cls=None, **data):
+    attributes = (f' class="{cls}"' if cls else "") + "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in data.items())
+    return f"<td{attributes}>{text}</td>"
+
+
+def fmt(value, digits=4):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# -----------------------------------------------------------------------------
+# files
+
+class PictureFolder:
+    """The pictures of one report, written into a temporary folder that replaces `<parent>/report/` at the end
+    (commit), so that a crash leaves the old pictures or the new ones, never a mix."""
+
+    def __init__(self, parent):
+        self.parent, self.final = parent, os.path.join(parent, FOLDER)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(dir=parent, prefix=f".{FOLDER}.", suffix=".tmp")
+        self.used = set()
+
+    def name(self, stem):
+        """A file stem not used before in this folder."""
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+        unique, i = stem, 1
+        while unique in self.used:
+            unique, i = f"{stem}_{i}", i + 1
+        self.used.add(unique)
+        return unique
+
+    def save(self, picture, file_name, **options):
+        """Save a PIL image or a matplotlib figure; returns its path relative to the report's folder."""
+        path = os.path.join(self.tmp, file_name)
+        if isinstance(picture, Image.Image):
+            picture.save(path, **options)
+        else:
+            picture.savefig(path, dpi=PLOT_DPI)
+        return f"{FOLDER}/{file_name}"
+
+    def save_strip(self, strip, stem, full=True):
+        """The strip as a thumbnail (and, with full, full-size): (thumbnail path, full-size path or None)."""
+        stem = self.name(stem)
+        height = min(THUMB_HEIGHT, strip.height)
+        thumb = strip.resize((round(strip.width * height / strip.height), height), Image.Resampling.BILINEAR)
+        thumb_path = self.save(thumb, stem + ".thumb.jpg", quality=JPEG_QUALITY)
+        return thumb_path, self.save(strip, stem + ".jpg", quality=JPEG_QUALITY) if full else None
+
+    def commit(self):
+        old = None
+        if os.path.isdir(self.final):
+            old = tempfile.mkdtemp(dir=self.parent, prefix=f".{FOLDER}.", suffix=".old")
+            os.replace(self.final, os.path.join(old, FOLDER))
+        os.replace(self.tmp, self.final)
+        os.chmod(self.final, 0o777 & ~UMASK)  # mkdtemp makes 0700 folders
+        if old:
+            shutil.rmtree(old)
+
+    def discard(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_loss(path):
+    """(epochs, losses) from loss.csv (header epoch,loss,seconds), or (None, why not)."""
+    if not os.path.isfile(path):
+        return None, f"no loss.csv beside the checkpoint ({path})"
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return ([int(r["epoch"]) for r in rows], [float(r["loss"]) for r in rows]), ""
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        return None, f"{path}: unreadable ({type(e).__name__}: {e}); expected the header epoch,loss,seconds"
+
+
+# -----------------------------------------------------------------------------
+# plots
+
+def import_matplotlib():
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        pass  # new_figure's import then says so
+
+
+def start_importing_matplotlib():
+    """Import matplotlib in a background thread. Its import takes about as long as scoring the demo's test set;
+    test.py starts it before scoring, so that the two overlap, and the report's first use of it waits for it."""
+    threading.Thread(target=import_matplotlib, daemon=True).start()
+
+
+def new_figure(width, height, margins):
+    """A matplotlib Figure of width x height inches; margins (left, bottom, right, top) in inches, fixed rather
+    than computed by a layout engine, which would double the time of drawing."""
+    from matplotlib.figure import Figure  # here: only the reports need matplotlib, and its import takes a while
+
+    left, bottom, right, top = margins
+    figure = Figure(figsize=(width, height))
+    figure.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height)
+    return figure
+
+
+def curves_figure(curves, results):
+    """ROC, precision-recall and PRO (up to FPR 0.3) curves, image and pixel level side by side."""
+    figure = new_figure(13, 3.8, (0.6, 0.55, 0.15, 0.35))
+    roc, pr, pro = figure.subplots(1, 3, gridspec_kw={"wspace": 0.25})
+    for level, color in (("image", "C0"), ("pixel", "C1")):
+        if curves.get(f"{level}_roc"):
+            roc.plot(curves[f"{level}_roc"]["fpr"], curves[f"{level}_roc"]["tpr"], color=color,
+                     label=f"{level} AUROC {fmt(results.get(f'{level}_auroc'))}")
+        if curves.get(f"{level}_pr"):
+            pr.plot(curves[f"{level}_pr"]["recall"], curves[f"{level}_pr"]["precision"], color=color,
+                    label=f"{level} AP {fmt(results.get(f'{level}_ap'))}")
+    roc.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    roc.set(title="ROC", xlabel="false-positive rate", ylabel="true-positive rate")
+    pr.set(title="precision-recall", xlabel="recall", ylabel="precision")
+    if curves.get("pixel_pro"):
+        fpr, overlap = curves["pixel_pro"]["fpr"], curves["pixel_pro"]["pro"]
+        pro.plot(fpr, overlap, color="C1", label=f"pixel AUPRO {fmt(results.get('pixel_aupro'))}")
+        pro.fill_between(fpr, overlap, color="C1", alpha=0.15)
+    else:
+        pro.text(0.15, 0.5, "no pixel ground truth", ha="center")
+    pro.set(title="PRO up to FPR 0.3 (integrated part)", xlabel="false-positive rate (pixels)", ylabel="per-region overlap")
+    for axes, right in ((roc, 1), (pr, 1), (pro, 0.3)):
+        # few tick labels: drawing text is most of a plot's time, and these plots are drawn for every evaluation
+        axes.set(xlim=(0, right), ylim=(0, 1.02), xticks=np.linspace(0, right, 4 if right < 1 else 5), yticks=[0, 0.25, 0.5, 0.75, 1])
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="lower right" if axes is not pr else "lower left", fontsize=9)
+    return figure
+
+
+def scores_figure(groups, threshold):
+    """The image scores of each test folder as a strip of dots, one row per folder, and the threshold."""
+    figure = new_figure(9, 0.9 + 0.45 * len(groups), (1.0, 0.55, 0.15, 0.1))
+    axes = figure.subplots()
+    for row, (name, scores) in enumerate(groups):
+        color = "C2" if name == "good" else "C3"
+        # a deterministic spread inside the row, so that equal scores do not hide each other
+        spread = (np.arange(len(scores)) % 5 - 2) * 0.06
+        axes.scatter(scores, row + spread, s=30, color=color, alpha=0.75, edgecolors="none")
+    if threshold is not None:
+        axes.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.4f}")
+        axes.legend(loc="upper right", fontsize=9)
+    axes.set_yticks(range(len(groups)), [name for name, _ in groups])
+    axes.set_ylim(len(groups) - 0.5, -0.5)
+    axes.set_xlabel("image score (anomaly map maximum)")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def loss_figure(epochs, losses):
+    figure = new_figure(6, 2.8, (0.8, 0.55, 0.15, 0.35))
+    axes = figure.subplots()
+    axes.plot(epochs, losses, marker="o", markersize=3)
+    axes.set(xlabel="epoch", ylabel="loss", title="training loss (mean over each epoch)")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+# -----------------------------------------------------------------------------
+# the gallery
+
+def gallery_order(labels, scores, threshold):
+    """Indices: missed defects, then false alarms (at the threshold), then the others; by score, highest first, within each."""
+    def mistake(i):
+        if threshold is None:
+            return 2
+        anomalous = scores[i] >= threshold
+        return 0 if labels[i] and not anomalous else 1 if not labels[i] and anomalous else 2
+    return sorted(range(len(scores)), key=lambda i: (mistake(i), -scores[i]))
+
+
+def figure_html(thumb, full, path, caption, kind, score):
+    image = f'<img src="{html.escape(thumb)}" alt="{html.escape(path)}">'
+    return (f'<figure class="{kind}" data-path="{html.escape(path)}" data-score="{score!r}">'
+            f'<a href="{html.escape(full)}">{image}</a><figcaption>{caption}</figcaption></figure>')
+
+
+def verdict(label, score, threshold):
+    """(css class, words) of one image at the threshold; label None for images without one."""
+    if threshold is None:
+        return "", ""
+    anomalous = score >= threshold
+    if label is None:
+        return ("anomalous" if anomalous else "normal"), ("anomalous" if anomalous else "normal")
+    if label and not anomalous:
+        return "missed", "missed defect"
+    if anomalous and not label:
+        return "false_alarm", "false alarm"
+    return "correct", "defect found" if label else "good, passed"
+
+
+# -----------------------------------------------------------------------------
+# the reports
+
+def threshold_html(threshold, labels=None, scores=None):
+    if threshold.value is None:
+        return f'<p class="threshold">No threshold: {html.escape(threshold.source)}.</p>'
+    text = (f'<p class="threshold">Threshold <b data-threshold="{threshold.value!r}">{threshold.value:.6f}</b> '
+            f"(an image is anomalous when its score is at or above it).<br>Source: {html.escape(threshold.source)}. "
+            "Which one is used: --threshold (test.py --images) if given, else threshold.json beside the checkpoint "
+            "(test.py --good_images), else the F1-max threshold of the evaluation.")
+    if labels is not None:
+        labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores)
+        flagged = scores >= threshold.value
+        n_good, n_bad = int((~labels).sum()), int(labels.sum())
+        text += (f"<br>On this test set: false alarms on <b>{int((flagged & ~labels).sum())} of {n_good}</b> good images, "
+                 f"defects caught: <b>{int((flagged & labels).sum())} of {n_bad}</b>.")
+    return text + "</p>"
+
+
+def per_type_rows(types, scores, threshold):
+    """Per test folder: count, image AUROC against the good images, recall (or false alarms for good) at the threshold."""
+    types, scores = np.asarray(types), np.asarray(scores)
+    good = scores[types == "good"]
+    rows = []
+    for name in ["good"] + sorted(set(types.tolist()) - {"good"}):
+        mine = scores[types == name]
+        if not mine.size:
+            continue
+        at = int((mine >= threshold).sum()) if threshold is not None else None
+        if name == "good":
+            auroc, rate = "", "" if at is None else f"false alarms {at} of {mine.size}"
+        else:
+            auroc = fmt(roc_auc_score(np.r_[np.zeros(good.size), np.ones(mine.size)], np.r_[good, mine])) if good.size else "n/a"
+            rate = "" if at is None else f"{at / mine.size:.3f} ({at} of {mine.size})"
+        rows.append([cell(html.escape(name)), cell(str(mine.size), "value"), cell(auroc, "value", type=name), cell(rate, "value")])
+    return rows
+
+
+def write_evaluation_report(folder, results, curves, images, masks, maps, paths, labels, scores, threshold, loss_csv):
+    """folder/report.html + folder/report/ for an evaluation (test.py). results: results.json's dict; curves:
+    utils.metrics.metrics_and_curves's; images (N,3,S,S) uint8, masks (N,S,S) bool or None, maps (N,S,S),
+    paths 'test/<type>/<file>', labels (N,) 0/1, scores (N,); threshold: threshold.Choice; loss_csv: the path of
+    train.py's loss.csv (it may not exist). Returns the path of report.html."""
+    labels, scores = np.asarray(labels).astype(int).tolist(), np.asarray(scores, dtype=np.float64).tolist()
+    types = [os.path.basename(os.path.dirname(p)) for p in paths]
+    pictures = PictureFolder(folder)
+    try:
+        curves_png = pictures.save(curves_figure(curves, results), "curves.png")
+        groups = [(name, [s for s, t in zip(scores, types) if t == name]) for name in ["good"] + sorted(set(types) - {"good"})]
+        scores_png = pictures.save(scores_figure([g for g in groups if g[1]], threshold.value), "scores.png")
+        loss, loss_problem = read_loss(loss_csv)
+        loss_png = pictures.save(loss_figure(*loss), "loss.png") if loss else None
+        figures = []
+        heat_range = results["heatmap_range"]
+        for i in gallery_order(labels, scores, threshold.value):
+            strip = (prediction_strip(images[i], maps[i], scores[i], heat_range, threshold.value) if masks is None
+                     else evaluation_strip(images[i], masks[i], maps[i], scores[i], heat_range, threshold.value))
+            thumb, full = pictures.save_strip(strip, f"{types[i]}_{os.path.splitext(os.path.basename(paths[i]))[0]}")
+            kind, words = verdict(labels[i], scores[i], threshold.value)
+            caption = f"<b>{words}</b> {html.escape(paths[i])}<br>score {scores[i]:.4f}"
+            figures.append(figure_html(thumb, full, paths[i], caption, kind, scores[i]))
+        pictures.commit()
+    except BaseException:
+        pictures.discard()
+        raise
+
+    metric_rows = [[cell(name), cell(fmt(results.get(name)), "value", metric=name),
+                    cell(html.escape(METRICS[name] if results.get(name) is not None
+                                     else f"undefined: {results.get('undefined', {}).get(name, '')}"), "note")]
+                   for name in METRICS]
+    train_config = results.get("train_config")
+    settings = ([[cell(html.escape(k)), cell(html.escape(str(v)))] for k, v in train_config.items()] if train_config
+                else [[cell("official checkpoint"), cell("no training settings are stored in it")]])
+    run = [("checkpoint", results["checkpoint"]), ("method", results["method"]), ("backbone", results["backbone"]),
+           ("teacher weights", results["weights"]), ("image size", results["image_size"]), ("map_mode", results["map_mode"]),
+           ("test images", f"{results['n_images']} ({results['n_anomalous']} anomalous)"),
+           ("evaluated on", results.get("device", "")), ("evaluated at", results.get("date", "")),
+           ("seconds per image", f"{results['seconds_per_image']:.4f} (networks and anomaly maps)")]
+    category = results["category"]
+    sections = ["metrics", "curves", "scores", "gallery", "loss", "run", "settings"]
+    body = [
+        f"<h1>{html.escape(category)}: {html.escape(results['method'].upper())} evaluation report</h1>",
+        f'<p class="note">Written by test.py at {datetime.now():%Y-%m-%d %H:%M:%S} beside results.json '
+        "(the numbers below are its values), scores.csv and curves.json. "
+        + " | ".join(f'<a href="#{name}">{name}</a>' for name in sections) + "</p>",
+        threshold_html(threshold, labels, scores),
+        '<h2 id="metrics">Metrics</h2>', table(["metric", "value", "definition"], metric_rows),
+        '<h2 id="curves">Curves</h2>', f'<img src="{curves_png}" alt="ROC, precision-recall and PRO curves">',
+        '<h2 id="scores">Image scores per test folder</h2>', f'<img src="{scores_png}" alt="image scores per test folder">',
+        table(["test folder", "images", "image AUROC against good", "recall at the threshold"],
+              per_type_rows(types, scores, threshold.value)),
+        f'<h2 id="gallery">Gallery: all {len(paths)} test images</h2>',
+        f'<p class="note">Input | {"" if masks is None else "ground truth outlined in red | "}anomaly heatmap (one colour '
+        f"scale for the whole test set: {heat_range[0]:.4f} blue to {heat_range[1]:.4f} red). Mistakes at the threshold "
+        "first (missed defects in a red frame, false alarms in orange), then by score. Click a picture for its full size.</p>",
+        '<div class="gallery">' + "\n".join(figures) + "</div>",
+        '<h2 id="loss">Training loss</h2>', f'<img src="{loss_png}" alt="training loss per epoch">' if loss_png
+        else f'<p class="note">{html.escape(loss_problem)}</p>',
+        '<h2 id="run">Run</h2>', table(["", ""], [[cell(html.escape(k)), cell(html.escape(str(v)))] for k, v in run]),
+        '<h2 id="settings">Training settings (from the checkpoint)</h2>', table(["setting", "value"], settings),
+    ]
+    path = os.path.join(folder, "report.html")
+    atomic_write_text(path, page(f"{category} report", "\n".join(body)))
+    return path
+
+
+def write_prediction_report(folder, scored_folder, paths, strip_files, scores, threshold):
+    """folder/report.html + folder/report/ for the images at paths in scored_folder (test.py --images): the gallery,
+    highest score first, each thumbnail made from and opening the full-size strip already written (strip_files,
+    relative to folder); threshold: threshold.Choice. Returns the path of report.html."""
+    scores = np.asarray(scores, dtype=np.float64).tolist()
+    pictures = PictureFolder(folder)
+    try:
+        figures = []
+        for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+            with Image.open(os.path.join(folder, strip_files[i])) as strip:
+                thumb, _ = pictures.save_strip(strip.convert("RGB"), os.path.basename(paths[i]), full=False)
+            kind, words = verdict(None, scores[i], threshold.value)
+            caption = f"<b>{words}</b> {html.escape(paths[i])}<br>score {scores[i]:.4f}"
+            figures.append(figure_html(thumb, strip_files[i], paths[i], caption, kind, scores[i]))
+        pictures.commit()
+    except BaseException:
+        pictures.discard()
+        raise
+    n_anomalous = sum(s >= threshold.value for s in scores)
+    body = [
+        f"<h1>Scored images: {html.escape(scored_folder)}</h1>",
+        f'<p class="note">Written by test.py --images at {datetime.now():%Y-%m-%d %H:%M:%S} beside scores.csv.</p>',
+        threshold_html(threshold),
+        f"<p><b>{n_anomalous} of {len(paths)}</b> images anomalous.</p>",
+        f"<h2>Gallery: all {len(paths)} images</h2>",
+        '<p class="note">Input | anomaly heatmap, highest score first. Click a picture for its full size.</p>',
+        '<div class="gallery">' + "\n".join(figures) + "</div>",
+    ]
+    path = os.path.join(folder, "report.html")
+    atomic_write_text(path, page(f"{scored_folder}: scored images", "\n".join(body)))
+    return path
+
+
+def write_sweep_report(out_dir, blocks):
+    """out_dir/report.html from a sweep's document: blocks ('h1'|'h2'|'p', text), ('ul', [items]) or ('table',
+    header, rows, categories): categories[i] is the category of column i (None for others); each cell of a
+    category column, and its header, links to <category>/report.html where that report exists."""
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in block[1]) + "</ul>")
+        else:
+            _, header, rows, categories = block
+            links = [f"{c}/report.html" if c and os.path.isfile(os.path.join(out_dir, c, "report.html")) else None
+                     for c in categories]
+
+            def linked(text, link):
+                return f'<a href="{html.escape(link)}">{html.escape(text)}</a>' if link and text else html.escape(text)
+
+            rows_html = [[cell(linked(text, link), "value" if i else None) for i, (text, link) in enumerate(zip(row, links))]
+                         for row in rows]
+            parts.append(table([linked(h, link) for h, link in zip(header, links)], rows_html))
+    title = next((b[1] for b in blocks if b[0] == "h1"), "sweep")
+    path = os.path.join(out_dir, "report.html")
+    atomic_write_text(path, page(title, "\n".join(parts)))
+    return path

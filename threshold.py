@@ -1,0 +1,139 @@
+"""
+The decision threshold on image scores (a score >= threshold is anomalous): calibrated on good images alone,
+and which threshold a run uses.
+
+    $ python test.py --checkpoint=runs/bottle/checkpoint.pth --good_images=data/bottle_good --false_alarm_rate=0.01
+    # -> runs/bottle/threshold.json beside the checkpoint; test.py --images and export.py then use it
+
+    from threshold import false_alarm_threshold
+    value, allowed = false_alarm_threshold(scores, rate=0.05)   # at most 5% of `scores` are >= value
+
+The rule (false_alarm_threshold), for the scores of N good images the model did not train on and a false-alarm
+rate r in (0, 1): k = floor(r * N) of them may score at or above the threshold. With the scores sorted from the
+largest, s(1) >= s(2) >= ... >= s(N), the threshold lies midway between s(k+1) and the smallest score larger than
+s(k+1). So the images at or above it are exactly those scoring above s(k+1): k of them, fewer where s(k) ties with
+s(k+1); and no image sits on the threshold, so rescoring an image (another batch size, an exported model) does not
+flip it. (Where no score is larger than s(k+1) the threshold is the next float above it, and no image is at or
+above it.) N images resolve rates in steps of 1/N: the calibration needs N >= 1/r images (k >= 1), and the rate it
+resolves is k/N <= r.
+
+Which threshold a run uses (choose_threshold): --threshold where given, else threshold.json beside the checkpoint
+(when it was calibrated on this very checkpoint file, by its SHA-256, at the same image_size and map_mode), else
+the image F1-max threshold of the checkpoint's evaluation (results.json), which was picked with the test labels.
+"""
+
+import hashlib
+import json
+import math
+import os
+from collections import namedtuple
+from datetime import datetime
+
+import numpy as np
+
+from utils.config import ConfigError
+
+FILE_NAME = "threshold.json"
+RATE_SLACK = 1e-9  # rate * N is rounded down after adding this, so that 0.29 * 100 allows 29 images, not 28
+METHOD = ("k = floor(false_alarm_rate * n_images) images may score at or above the threshold; it lies midway "
+          "between the (k+1)-th largest score of the good images and the next larger distinct score, so exactly "
+          "the images scoring above the (k+1)-th largest are at or above it (k, fewer on ties)")
+
+# value: the threshold (None when there is none); source: where it comes from, in words
+Choice = namedtuple("Choice", "value source")
+
+
+def min_images(rate):
+    """The fewest good images that resolve a false-alarm rate: floor(rate * N) >= 1."""
+    return math.ceil((1 - RATE_SLACK) / rate)
+
+
+def false_alarm_threshold(scores, rate):
+    """(threshold, k) for the scores of good images: k = floor(rate * N) and at most k of the scores are >= the
+    threshold (the rule in the module docstring). A ValueError for a rate outside (0, 1) or fewer than
+    min_images(rate) scores."""
+    if not 0 < rate < 1:
+        raise ValueError(f"false_alarm_rate={rate}: must be in (0, 1)")
+    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]  # largest first
+    k = math.floor(rate * ranked.size + RATE_SLACK)
+    if k < 1:
+        raise ValueError(f"{ranked.size} images cannot resolve a false-alarm rate of {rate}: "
+                         f"at least {min_images(rate)} are needed (1/rate)")
+    below = ranked[k]  # the (k+1)-th largest score: the largest that must fall below the threshold
+    above = ranked[:k][ranked[:k] > below]
+    just_above = np.nextafter(below, np.inf)
+    threshold = max((below + above[-1]) / 2, just_above) if above.size else just_above
+    return float(threshold), k
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def calibration_record(scores, rate, good_images, checkpoint, image_size, map_mode):
+    """threshold.json's content for the scores (N,) of the good images in the folder good_images."""
+    value, k = false_alarm_threshold(scores, rate)
+    n = len(scores)
+    return {
+        "threshold": value,
+        "false_alarm_rate": rate,  # asked for
+        "resolved_false_alarm_rate": k / n,  # the largest multiple of 1/n_images not above the rate asked for
+        "calibration_false_alarm_rate": int(np.sum(np.asarray(scores) >= value)) / n,  # on these images: k/n, less on ties
+        "n_images": n,
+        "method": METHOD,
+        "good_images": good_images,
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "image_size": image_size,
+        "map_mode": map_mode,
+        "score_range": [float(np.min(scores)), float(np.max(scores))],
+    }
+
+
+def calibration_path(checkpoint):
+    """threshold.json beside the checkpoint."""
+    return os.path.join(os.path.dirname(checkpoint), FILE_NAME)
+
+
+def load_calibration(checkpoint, image_size, map_mode):
+    """(threshold.json beside the checkpoint as a dict, or None; a note saying why none applies, or '')."""
+    path = calibration_path(checkpoint)
+    if not os.path.isfile(path):
+        return None, ""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        value = float(record["threshold"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not a threshold file written by test.py --good_images; delete it or calibrate again") from None
+    if record.get("image_size") != image_size or record.get("map_mode") != map_mode:
+        return None, (f"{path} was calibrated at image_size={record.get('image_size')}, map_mode={record.get('map_mode')}, "
+                      f"not {image_size}, {map_mode}")
+    if record.get("checkpoint_sha256") != file_sha256(checkpoint):
+        return None, f"{path} was calibrated on another version of {checkpoint} (its SHA-256 differs); calibrate again"
+    record["threshold"], record["path"] = value, path
+    return record, ""
+
+
+def describe_calibration(record):
+    return (f"{record['path']}: calibrated on {record['n_images']} good images of {record['good_images']} for a "
+            f"false-alarm rate of {record['false_alarm_rate']:g} (resolved: {record['resolved_false_alarm_rate']:g}), "
+            f"{record['date']}")
+
+
+def choose_threshold(given, calibration, evaluation):
+    """The Choice of threshold: `given` (--threshold) if not None, else the calibration record's (load_calibration),
+    else the evaluation's image_f1_threshold (results.json as a dict), else Choice(None, why there is none)."""
+    if given is not None:
+        return Choice(float(given), "--threshold")
+    if calibration:
+        return Choice(calibration["threshold"], describe_calibration(calibration))
+    if evaluation.get("image_f1_threshold") is not None:
+        return Choice(evaluation["image_f1_threshold"], "image_f1_threshold of results.json: the F1-max threshold of the "
+                      "labelled test set (picked with its labels, so optimistic; calibrate one with --good_images)")
+    return Choice(None, "no --threshold, no threshold.json and no image_f1_threshold in results.json")
