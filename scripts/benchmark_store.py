@@ -80,7 +80,7 @@ def train_run(data_root, cache_dir, out_dir, in_memory):
     max_rss = int(re.search(r"MAXRSS (\d+)", result.stdout).group(1)) * 1024  # kB on Linux
     epoch = re.search(r"epoch 1/1 \| loss \S+ \| ([\d.]+)s", result.stdout)
     n_images = int(re.search(r": (\d+) images", result.stdout).group(1))
-    return max_rss, n_images // args.batch_size * args.batch_size / float(epoch.group(1))
+    return max_rss, n_images / float(epoch.group(1))  # every image once per epoch
 
 
 def main():
