@@ -135,7 +135,7 @@ def check_config(config):
         (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
         (c["step_every"] >= 1, "step_every", "at least 1"),
         (not c["official_epochs"] or (c["category"] in OFFICIAL_EPOCHS and not c["categories"]), "official_epochs",
-         f"used only with --category= one of the MVTec AD categories ({', '.join(OFFICIAL_EPOCHS)})"),
+         f"used only for the MVTec AD categories, one at a time with --category= ({', '.join(OFFICIAL_EPOCHS)})"),
         (math.isfinite(c["clip_grad"]) and c["clip_grad"] >= 0, "clip_grad", "a gradient norm, 0 for no clipping"),
         (0 <= c["lr_decay"] <= 1, "lr_decay", "a fraction of the epochs in [0, 1], 0 for a constant lr"),
         (not c["lr_decay"] or int(c["lr_decay"] * c["epochs"]) >= 1, "lr_decay", "at least 1/epochs: int(lr_decay * epochs) is the first decayed epoch, and 0 would divide by zero"),
