@@ -243,7 +243,6 @@ def main():
         print(f"wrote {os.path.join(run_folder, 'results.json')}")
 
 
-
 def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_size, map_mode, amp, compile, save_images, report):
     """Score one category's test set (load_test_set's), write its results.json, scores.csv, curves.json, picture
     strips (the first save_images of each defect type) and report.html in category_folder, print its metrics."""
