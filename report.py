@@ -1,7 +1,8 @@
 """
 HTML reports of what the model decided: one per evaluation, one per folder of scored images, one per sweep. A
 report opens from the file system, offline (no server, nothing fetched from the network): one HTML file with its
-style inline, and its pictures in a folder beside it (plots drawn with matplotlib as PNG, image strips as JPEG).
+style inline, and its pictures in a folder beside it (plots as PNG, drawn with matplotlib by plots.py's process,
+image strips as JPEG).
 
     test.py                  -> <out_dir>/<category>/report.html + report/    (write_evaluation_report)
     test.py --images=DIR     -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
@@ -27,7 +28,6 @@ import html
 import os
 import shutil
 import tempfile
-import threading
 from datetime import datetime
 
 import numpy as np
@@ -39,7 +39,6 @@ from utils.visualize import evaluation_strip, prediction_strip
 
 THUMB_HEIGHT = 96  # pixels of a gallery thumbnail (a strip of 3 panels: 288 x 96)
 JPEG_QUALITY = 88
-PLOT_DPI = 80
 FOLDER = "report"  # the pictures' folder beside report.html
 
 METRICS = {  # name: one-line definition, in the order shown
@@ -110,12 +109,13 @@ class PictureFolder:
         return unique
 
     def save(self, picture, file_name, **options):
-        """Save a PIL image or a matplotlib figure; returns its path relative to the report's folder."""
-        path = os.path.join(self.tmp, file_name)
-        if isinstance(picture, Image.Image):
-            picture.save(path, **options)
-        else:
-            picture.savefig(path, dpi=PLOT_DPI)
+        """Save a PIL image; returns its path relative to the report's folder."""
+        picture.save(os.path.join(self.tmp, file_name), **options)
+        return f"{FOLDER}/{file_name}"
+
+    def plot(self, plotter, figure, file_name, **args):
+        """Ask plotter (plots.Plotter) to draw a plot into this folder; returns its path relative to the report's folder."""
+        plotter.draw(figure, os.path.join(self.tmp, file_name), **args)
         return f"{FOLDER}/{file_name}"
 
     def save_strip(self, strip, stem, full=True):
@@ -150,91 +150,6 @@ def read_loss(path):
         return ([int(r["epoch"]) for r in rows], [float(r["loss"]) for r in rows]), ""
     except (ValueError, KeyError, TypeError, OSError) as e:
         return None, f"{path}: unreadable ({type(e).__name__}: {e}); expected the header epoch,loss,seconds"
-
-
-# -----------------------------------------------------------------------------
-# plots
-
-def import_matplotlib():
-    try:
-        import matplotlib.figure  # noqa: F401
-    except ImportError:
-        pass  # new_figure's import then says so
-
-
-def start_importing_matplotlib():
-    """Import matplotlib in a background thread. Its import takes about as long as scoring the demo's test set;
-    test.py starts it before scoring, so that the two overlap, and the report's first use of it waits for it."""
-    threading.Thread(target=import_matplotlib, daemon=True).start()
-
-
-def new_figure(width, height, margins):
-    """A matplotlib Figure of width x height inches; margins (left, bottom, right, top) in inches, fixed rather
-    than computed by a layout engine, which would double the time of drawing."""
-    from matplotlib.figure import Figure  # here: only the reports need matplotlib, and its import takes a while
-
-    left, bottom, right, top = margins
-    figure = Figure(figsize=(width, height))
-    figure.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height)
-    return figure
-
-
-def curves_figure(curves, results):
-    """ROC, precision-recall and PRO (up to FPR 0.3) curves, image and pixel level side by side."""
-    figure = new_figure(13, 3.8, (0.6, 0.55, 0.15, 0.35))
-    roc, pr, pro = figure.subplots(1, 3, gridspec_kw={"wspace": 0.25})
-    for level, color in (("image", "C0"), ("pixel", "C1")):
-        if curves.get(f"{level}_roc"):
-            roc.plot(curves[f"{level}_roc"]["fpr"], curves[f"{level}_roc"]["tpr"], color=color,
-                     label=f"{level} AUROC {fmt(results.get(f'{level}_auroc'))}")
-        if curves.get(f"{level}_pr"):
-            pr.plot(curves[f"{level}_pr"]["recall"], curves[f"{level}_pr"]["precision"], color=color,
-                    label=f"{level} AP {fmt(results.get(f'{level}_ap'))}")
-    roc.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
-    roc.set(title="ROC", xlabel="false-positive rate", ylabel="true-positive rate")
-    pr.set(title="precision-recall", xlabel="recall", ylabel="precision")
-    if curves.get("pixel_pro"):
-        fpr, overlap = curves["pixel_pro"]["fpr"], curves["pixel_pro"]["pro"]
-        pro.plot(fpr, overlap, color="C1", label=f"pixel AUPRO {fmt(results.get('pixel_aupro'))}")
-        pro.fill_between(fpr, overlap, color="C1", alpha=0.15)
-    else:
-        pro.text(0.15, 0.5, "no pixel ground truth", ha="center")
-    pro.set(title="PRO up to FPR 0.3 (integrated part)", xlabel="false-positive rate (pixels)", ylabel="per-region overlap")
-    for axes, right in ((roc, 1), (pr, 1), (pro, 0.3)):
-        # few tick labels: drawing text is most of a plot's time, and these plots are drawn for every evaluation
-        axes.set(xlim=(0, right), ylim=(0, 1.02), xticks=np.linspace(0, right, 4 if right < 1 else 5), yticks=[0, 0.25, 0.5, 0.75, 1])
-        axes.grid(alpha=0.3)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(loc="lower right" if axes is not pr else "lower left", fontsize=9)
-    return figure
-
-
-def scores_figure(groups, threshold):
-    """The image scores of each test folder as a strip of dots, one row per folder, and the threshold."""
-    figure = new_figure(9, 0.9 + 0.45 * len(groups), (1.0, 0.55, 0.15, 0.1))
-    axes = figure.subplots()
-    for row, (name, scores) in enumerate(groups):
-        color = "C2" if name == "good" else "C3"
-        # a deterministic spread inside the row, so that equal scores do not hide each other
-        spread = (np.arange(len(scores)) % 5 - 2) * 0.06
-        axes.scatter(scores, row + spread, s=30, color=color, alpha=0.75, edgecolors="none")
-    if threshold is not None:
-        axes.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.4f}")
-        axes.legend(loc="upper right", fontsize=9)
-    axes.set_yticks(range(len(groups)), [name for name, _ in groups])
-    axes.set_ylim(len(groups) - 0.5, -0.5)
-    axes.set_xlabel("image score (anomaly map maximum)")
-    axes.grid(axis="x", alpha=0.3)
-    return figure
-
-
-def loss_figure(epochs, losses):
-    figure = new_figure(6, 2.8, (0.8, 0.55, 0.15, 0.35))
-    axes = figure.subplots()
-    axes.plot(epochs, losses, marker="o", markersize=3)
-    axes.set(xlabel="epoch", ylabel="loss", title="training loss (mean over each epoch)")
-    axes.grid(alpha=0.3)
-    return figure
 
 
 # -----------------------------------------------------------------------------
@@ -308,20 +223,23 @@ def per_type_rows(types, scores, threshold):
     return rows
 
 
-def write_evaluation_report(folder, results, curves, images, masks, maps, paths, labels, scores, threshold, loss_csv):
+def write_evaluation_report(folder, results, curves, images, masks, maps, paths, labels, scores, threshold, loss_csv, plotter):
     """folder/report.html + folder/report/ for an evaluation (test.py). results: results.json's dict; curves:
     utils.metrics.metrics_and_curves's; images (N,3,S,S) uint8, masks (N,S,S) bool or None, maps (N,S,S),
     paths 'test/<type>/<file>', labels (N,) 0/1, scores (N,); threshold: threshold.Choice; loss_csv: the path of
-    train.py's loss.csv (it may not exist). Returns the path of report.html."""
+    train.py's loss.csv (it may not exist); plotter: a plots.Plotter, which draws the plots while this process
+    draws the gallery. Returns the path of report.html."""
     labels, scores = np.asarray(labels).astype(int).tolist(), np.asarray(scores, dtype=np.float64).tolist()
     types = [os.path.basename(os.path.dirname(p)) for p in paths]
     pictures = PictureFolder(folder)
     try:
-        curves_png = pictures.save(curves_figure(curves, results), "curves.png")
+        legends = {name: results.get(name) for name in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "pixel_aupro")}
+        curves_png = pictures.plot(plotter, "curves", "curves.png", curves=curves, metrics=legends)
         groups = [(name, [s for s, t in zip(scores, types) if t == name]) for name in ["good"] + sorted(set(types) - {"good"})]
-        scores_png = pictures.save(scores_figure([g for g in groups if g[1]], threshold.value), "scores.png")
+        scores_png = pictures.plot(plotter, "scores", "scores.png", groups=[g for g in groups if g[1]],
+                                   threshold=None if threshold.value is None else float(threshold.value))
         loss, loss_problem = read_loss(loss_csv)
-        loss_png = pictures.save(loss_figure(*loss), "loss.png") if loss else None
+        loss_png = pictures.plot(plotter, "loss", "loss.png", epochs=loss[0], losses=loss[1]) if loss else None
         figures = []
         heat_range = results["heatmap_range"]
         for i in gallery_order(labels, scores, threshold.value):
@@ -331,8 +249,10 @@ def write_evaluation_report(folder, results, curves, images, masks, maps, paths,
             kind, words = verdict(labels[i], scores[i], threshold.value)
             caption = f"<b>{words}</b> {html.escape(paths[i])}<br>score {scores[i]:.4f}"
             figures.append(figure_html(thumb, full, paths[i], caption, kind, scores[i]))
+        plotter.wait()
         pictures.commit()
     except BaseException:
+        plotter.answers()  # no plot is still being drawn into the folder removed next
         pictures.discard()
         raise
 

@@ -50,12 +50,18 @@ import os
 import sys
 import time
 
-import torch
+from plots import Plotter
+
+# The report's plots are drawn by a process of their own (plots.py), started here, before the import of torch, which
+# keeps one core busy for seconds: matplotlib loads on the other one meanwhile, instead of after the scoring.
+plotter = Plotter() if __name__ == "__main__" else None
+
+import torch  # noqa: E402
 
 from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings, run_dir, run_name
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model.scoring import predict
-from report import start_importing_matplotlib, write_evaluation_report, write_prediction_report
+from report import write_evaluation_report, write_prediction_report
 from results import find_evaluation, write_mean
 from threshold import FILE_NAME, calibration_path, calibration_record, choose_threshold, load_calibration, min_images
 from utils.config import ConfigError, apply_overrides, run_cli
@@ -220,14 +226,13 @@ def main():
                       (["images"] if save_images else []) + pages[1])
     if unified:
         check_outputs(f"out_dir={settings['out_dir']}", run_folder, ["results.json"])
-    if report:
-        start_importing_matplotlib()  # while the test set is read and scored
     network = None  # built after the first test set is read: bad data fails before the teacher is built
     for name in names:
         test_set = load_test_set(settings["data_root"], name, settings["image_size"])
         if network is None:
             network = load_network(ckpt, settings, dev, checkpoint)
-        evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_size, map_mode, amp, compile, save_images, report)
+        evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_size, map_mode, amp, compile, save_images,
+                 plotter if report else None)
     if unified:
         trained_with = json.loads(json.dumps(ckpt.get("config")))  # as results.json holds it (tuples become lists)
 
@@ -243,9 +248,10 @@ def main():
         print(f"wrote {os.path.join(run_folder, 'results.json')}")
 
 
-def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_size, map_mode, amp, compile, save_images, report):
+def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_size, map_mode, amp, compile, save_images, plotter):
     """Score one category's test set (load_test_set's), write its results.json, scores.csv, curves.json, picture
-    strips (the first save_images of each defect type) and report.html in category_folder, print its metrics."""
+    strips (the first save_images of each defect type) and, given a plots.Plotter, report.html in category_folder,
+    print its metrics."""
     test_images, masks, labels, paths = test_set
     if masks is None:
         print(f"{name}: no ground_truth folder: evaluated on image labels from the test folder names "
@@ -277,10 +283,10 @@ def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_siz
         n_strips = save_test_strips(folder, save_images, test_images, masks, maps, scores, paths, results["heatmap_range"], metrics["image_f1_threshold"])
         print(f"wrote {n_strips} picture strips to {os.path.join(folder, 'images')}")
     choice = evaluation_threshold(results, scores, labels, checkpoint, settings["image_size"], map_mode)
-    if report:
+    if plotter:
         t0 = time.time()
         path = write_evaluation_report(folder, results, curves, test_images, masks, maps, paths, labels, scores, choice,
-                                       os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "loss.csv"))
+                                       os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "loss.csv"), plotter)
         print(f"wrote {path} in {time.time() - t0:.2f}s")
 
 
