@@ -335,14 +335,16 @@ def main():
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
         run = unified_run(names, train_config)
-        check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
+        if run:
+            check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
         text = write_results_md(out_dir, data_root, ordered(names), train_config, run)
         print(text)
         print(f"wrote {table_path(out_dir, run)} and report.html beside it")
         return
     names = find_categories(data_root)
     run = unified_run(names, train_config)
-    check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])  # before any category starts
+    if run:  # its tables' folder, before any category starts
+        check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
     slots = gpu_slots(train_config["device"])
     sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run)
     todo = queue.Queue()
