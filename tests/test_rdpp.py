@@ -25,6 +25,7 @@ from torchvision import transforms
 
 from conftest import ROOT, run_script
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
+from test_errors import run_main
 from test_reproduction import official_evaluation, reference_images
 from checkpoints import load_checkpoint
 from model.losses import projection_loss
@@ -356,8 +357,8 @@ def test_sigint_between_the_batches_of_a_step_resumes_bit_identical(rdpp_root, t
 
 
 def test_rdpp_errors_are_one_line(rdpp_root, data_root, tmp_path):
-    def error(*args):
-        result = run_script(*args, check=False)
+    def error(script, *args):  # in this process (run_main): importing torch is most of what a subprocess costs
+        result = run_main(script, *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         return result.stderr.strip()
 
