@@ -28,6 +28,7 @@ from checkpoints import load_checkpoint, load_network, resolve_settings  # noqa:
 from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
 from model.scoring import predict  # noqa: E402
+from test_errors import run_main  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
 
@@ -253,7 +254,7 @@ def test_export_errors(trained, tmp_path):
     _, checkpoint = trained
     for args, named in (([f"--checkpoint={checkpoint}", f"--out={tmp_path / 'model.pt'}"], "model.pt: must end with .onnx"),
                         ([f"--checkpoint={tmp_path / 'none.pth'}"], "none.pth: no such file")):
-        result = run_script("export.py", *args, check=False)
+        result = run_main("export.py", *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
     assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import make_category, run_script
 from make_demo_data import make_sample
+from test_errors import run_main  # the error cases run test.py in this process: a subprocess would mostly import torch
 from threshold import false_alarm_threshold, min_images
 
 CATEGORY = "stripes"
@@ -155,7 +156,7 @@ def test_good_images_errors(trained, good_folder, tmp_path, case):
         "rate_negative": ([f"--good_images={good_folder}", "--false_alarm_rate=-0.1"], "must be in (0, 1)"),
         "with_images": ([f"--good_images={good_folder}", f"--images={few}"], "--good_images="),
     }[case]
-    result = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", *args, "--device=cpu", check=False)
+    result = run_main("test.py", f"--checkpoint={run / 'checkpoint.pth'}", *args, "--device=cpu")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.stderr
@@ -171,7 +172,7 @@ def test_stale_threshold_file_is_not_used(calibrated, new_images, tmp_path):
     record = json.loads((run / "threshold.json").read_text())
     record["checkpoint_sha256"] = "0" * 64
     (other / "threshold.json").write_text(json.dumps(record))
-    result = run_script("test.py", f"--checkpoint={other / 'checkpoint.pth'}", f"--images={new_images}", f"--out_dir={tmp_path}",
-                        "--device=cpu", check=False)
+    result = run_main("test.py", f"--checkpoint={other / 'checkpoint.pth'}", f"--images={new_images}", f"--out_dir={tmp_path}",
+                      "--device=cpu")
     assert "its SHA-256 differs" in result.stdout
     assert result.returncode == 2 and "no threshold" in result.stderr  # and no results.json here to fall back on
