@@ -70,12 +70,15 @@ def category_folder(settings, category):
     return run_dir(settings["out_dir"], category)
 
 
+LOSS_CSV = "loss.csv"  # beside the checkpoint: train.py writes it, test.py's report plots it
+
+
 def ckpt_path(out_dir, category):
     return os.path.join(run_dir(out_dir, category), "checkpoint.pth")
 
 
 def loss_csv_path(out_dir, category):
-    return os.path.join(run_dir(out_dir, category), "loss.csv")
+    return os.path.join(run_dir(out_dir, category), LOSS_CSV)
 
 
 class LossLog:

@@ -58,7 +58,7 @@ plotter = Plotter() if __name__ == "__main__" else None
 
 import torch  # noqa: E402
 
-from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings, run_dir, run_name
+from checkpoints import CHECKPOINT_SETTINGS, LOSS_CSV, category_folder, load_checkpoint, load_network, resolve_settings, run_dir, run_name
 from dataset import IMAGE_EXTENSIONS, list_images, load_images, load_test_set
 from model.scoring import predict
 from report import write_evaluation_report, write_prediction_report
@@ -286,7 +286,7 @@ def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_siz
     if plotter:
         t0 = time.time()
         path = write_evaluation_report(folder, results, curves, test_images, masks, maps, paths, labels, scores, choice,
-                                       os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "loss.csv"), plotter)
+                                       os.path.join(os.path.dirname(os.path.abspath(checkpoint)), LOSS_CSV), plotter)
         print(f"wrote {path} in {time.time() - t0:.2f}s")
 
 
