@@ -10,11 +10,13 @@ gallery.
     plotter = Plotter()                                    # starts `python plots.py`
     plotter.draw("loss", "report/loss.png", epochs=[1, 2], losses=[0.31, 0.22])
     plotter.wait()                                         # every plot asked for is on disk (or an error is raised)
+    plotter.close()
 
 Between the two: one JSON line per plot on the process's stdin ({"figure", "path", "args"}), one JSON line per
 plot back on its stdout ({} when written, else what went wrong). The process ends when its stdin closes.
 """
 
+import contextlib
 import io
 import json
 import subprocess
@@ -168,6 +170,14 @@ class Plotter:
                 raise OSError(answer["errno"], answer["strerror"], answer["filename"])
             if "error" in answer:
                 raise RuntimeError(f"{__file__}: {answer['error']}")
+
+    def close(self):
+        """End the process at once: the plots asked for have been waited for, or are not wanted any more."""
+        self.process.kill()
+        self.process.wait()
+        with contextlib.suppress(BrokenPipeError):  # a request still in the buffer, which no one will read
+            self.process.stdin.close()
+        self.process.stdout.close()
 
     def stopped(self):
         raise RuntimeError(f"{__file__}, the process drawing the report's plots, ended (exit status {self.process.wait()})")

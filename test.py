@@ -291,4 +291,7 @@ def evaluate(ckpt, settings, network, name, test_set, dev, checkpoint, batch_siz
 
 
 if __name__ == "__main__":
-    run_cli(main, lambda: debug)
+    try:
+        run_cli(main, lambda: debug)
+    finally:
+        plotter.close()
