@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from plots import fmt
 from utils.files import UMASK, atomic_write_text
 from utils.visualize import evaluation_strip, prediction_strip
 
@@ -80,10 +81,6 @@ def table(header, rows):
 def cell(text, cls=None, **data):
     attributes = (f' class="{cls}"' if cls else "") + "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in data.items())
     return f"<td{attributes}>{text}</td>"
-
-
-def fmt(value, digits=4):
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 # -----------------------------------------------------------------------------
