@@ -1,9 +1,15 @@
 """Shared fixtures: small generated MVTec-layout data and the helpers to run the scripts as a user would."""
 
+import contextlib
+import io
 import os
+import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
 
 import pytest
 from PIL import Image
@@ -37,6 +43,35 @@ def run_script(*args, check=True, timeout=600):
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def run_main(script, *args):
+    """Run `python <script> <args>` in this process; a CompletedProcess with what the user would see: exit status,
+    stdout, and stderr with the warnings shown and, for an exception that escapes main, its traceback."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    sys.argv = [script, *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)  # hidden by default in a script too
+            try:
+                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        for s, handler in handlers.items():  # train.py installs its own: give Ctrl-C back to pytest
+            signal.signal(s, handler)
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), shown + err.getvalue())
 
 
 @pytest.fixture(scope="session")

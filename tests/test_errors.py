@@ -3,63 +3,26 @@ Bad inputs, and output locations that cannot be written, fail early with one lin
 <what is expected>`, a non-zero exit, no Python traceback (unless --debug=1), and without touching the outputs of
 an earlier run; an OS error that can only show up later (a full disk) is one line too.
 
-Most cases run the scripts inside this process (run_main below): importing torch and building the teacher is
+Most cases run the scripts inside this process (conftest.run_main): importing torch and building the teacher is
 most of what a subprocess costs here. A few cases use a real `python train.py` to show the same thing end to end.
 
 Run: python -m pytest -q tests/test_errors.py   (about a minute on 2 CPU cores)
 """
 
-import contextlib
 import errno
-import io
 import json
 import os
-import runpy
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import traceback
-import warnings
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, SMALL, WITHOUT_TORCH, run_script
+from conftest import SMALL, WITHOUT_TORCH, run_main, run_script
 from model import OCBE, Decoder
 from utils.config import run_cli
 from utils.files import check_outputs
-
-
-def run_main(script, *args):
-    """Run `python <script> <args>` in this process; a CompletedProcess with what the user would see: exit status,
-    stdout, and stderr with the warnings shown and, for an exception that escapes main, its traceback."""
-    out, err = io.StringIO(), io.StringIO()
-    argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    sys.argv = [script, *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-                warnings.simplefilter("ignore", category)  # hidden by default in a script too
-            try:
-                runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if isinstance(e.code, str):
-                    print(e.code, file=sys.stderr)
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        sys.argv = argv
-        for s, handler in handlers.items():  # train.py installs its own: give Ctrl-C back to pytest
-            signal.signal(s, handler)
-    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), shown + err.getvalue())
 
 
 def assert_user_error(result, *names):

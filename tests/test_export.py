@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import WITHOUT_TORCH, run_script
+from conftest import WITHOUT_TORCH, run_main, run_script
 
 for package in ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf"):
     pytest.importorskip(package, reason=f"{package} is not installed: pip install -r requirements-deploy.txt")
@@ -28,7 +28,6 @@ from checkpoints import load_checkpoint, load_network, resolve_settings  # noqa:
 from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
 from model.scoring import predict  # noqa: E402
-from test_errors import run_main  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
 

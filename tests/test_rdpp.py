@@ -23,9 +23,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main, run_script
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
-from test_errors import run_main
 from test_reproduction import official_evaluation, reference_images
 from checkpoints import load_checkpoint
 from model.losses import projection_loss

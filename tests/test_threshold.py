@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_category, run_script
+from conftest import make_category, run_main, run_script
 from make_demo_data import make_sample
-from test_errors import run_main  # the error cases run test.py in this process: a subprocess would mostly import torch
 from threshold import false_alarm_threshold, min_images
 
 CATEGORY = "stripes"

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from conftest import run_script
-from test_errors import run_main
+from conftest import run_main, run_script
 from utils.visualize import draw_outline, jet
 
 SIZE = 64  # the `trained` checkpoint's image_size
