@@ -7,12 +7,12 @@ MVTec AD folder layout, read as uint8 tensors (decoded and resized once).
 
     from dataset import load_train_images, load_train_set, load_test_set
     images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8; model.encoder.normalize for the teacher
-    images = load_train_set("data/mvtec", ["bottle", "cable"], 256, "auto", cache_dir, device, "bottle+cable")  # train.py's
+    images = load_train_set("data/mvtec", ["bottle", "cable"], 256, in_memory="auto", cache_dir=cache_dir, device=device, label="bottle+cable")
     batch = images[order[:16]]                                 # (16,3,256,256) uint8 on device, either way
 
 load_train_set serves train.py the training images of one category or of several together (the unified setting:
 one model on the union, in the order of the sorted categories, each category's files sorted). They are decoded
-once into a file of the cache folder (image_store.py) and reused by later runs; then either the whole set is kept
+once into a file of the cache folder (utils/image_store.py) and reused by later runs; then either the whole set is kept
 in memory on the training device (in_memory=1, as a tensor) or each batch is read from that file when it is needed
 (in_memory=0: memory that does not grow with the number of images); auto keeps them in memory when they take at
 most half of the memory available (utils/memory.py). Both give the same batches, bit for bit.
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_store import open_store
 from utils.config import ConfigError
-from utils.images import IMAGE_EXTENSIONS, list_images, load_all, open_image, read_images
+from utils.image_store import open_store
+from utils.images import IMAGE_EXTENSIONS, list_images, load_all, mask_path_for, open_image, read_images
 from utils.memory import memory_decision
 
 
@@ -57,6 +57,17 @@ def load_mask(path, size, image_path):
 def load_images(paths, size):
     """The images at paths as one (N,3,size,size) uint8 tensor (utils.images.read_images)."""
     return torch.from_numpy(read_images(paths, size))
+
+
+def image_folder(folder, setting):
+    """The sorted image paths of a folder of unlabelled images given as --<setting>=folder (predict.py, calibrate.py);
+    a ConfigError if it is not a folder or holds no images."""
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{setting}={folder}: no such folder")
+    paths = list_images(folder)
+    if not paths:
+        raise ConfigError(f"{setting}={folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return paths
 
 
 def category_dir(data_root, category):
@@ -118,11 +129,11 @@ class StreamedImages:
         return torch.from_numpy(self.store.read(rows)).to(self.device)
 
 
-def load_train_set(data_root, categories, size, in_memory, cache_dir, device, label):
+def load_train_set(data_root, categories, size, *, in_memory, cache_dir, device, label):
     """The train/good images of the categories, in training order: an (N,3,S,S) uint8 tensor on device
     (in_memory=1), a StreamedImages (0), or whichever of the two fits (auto); see the module docstring. The store is
-    <cache_dir>/<data_root's name>-<label>-<size>px-<key>.rdstore (image_store.store_path); train.py's label is
-    the run's name (checkpoints.run_name)."""
+    <cache_dir>/<data_root's name>-<label>-<size>px-<key>.rdstore (utils.image_store.store_path); train.py's label is
+    the run's name (utils.runs.run_name)."""
     paths = [p for c in categories for p in train_image_paths(data_root, c)]
     store = open_store(paths, data_root, categories, size, cache_dir, label)
     if in_memory == "auto":
@@ -135,11 +146,6 @@ def load_train_set(data_root, categories, size, in_memory, cache_dir, device, la
     images = torch.from_numpy(store.read_all())
     store.close()
     return images.to(device)
-
-
-def mask_path_for(category_folder, defect, image_path):
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    return os.path.join(category_folder, "ground_truth", defect, stem + "_mask.png")
 
 
 def load_test_set(data_root, category, size):

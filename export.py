@@ -15,9 +15,9 @@ Before writing, the graph is run with onnxruntime on random images and must give
 
 Its metadata (ONNX metadata_props, strings) says what a deployment needs; see METADATA below. The F1-max threshold
 and heatmap range come from results.json of this checkpoint's last evaluation (test.py) at this image size and
-map_mode; without one they are empty and the export says so. `threshold`, the one to use, is test.py --images's:
-threshold.json beside the checkpoint (calibrated on good images, test.py --good_images) where there is one, else
-the F1-max threshold (threshold.py).
+map_mode; without one they are empty and the export says so. `threshold`, the one to use, is predict.py's:
+threshold.json beside the checkpoint (calibrated on good images, calibrate.py) where there is one, else
+the F1-max threshold (evaluation/threshold.py).
 
 --int8=1 also writes an OpenVINO model quantised to int8 (NNCF post-training quantisation, calibrated on the
 category's training images), scores the test split with it and with the fp32 graph, prints both metrics, and
@@ -27,24 +27,24 @@ Settings are test.py's, for the same reasons: an official checkpoint (no config)
 and --backbone/--image_size/--weights when not wide_resnet50_2/256/imagenet. Needs requirements-deploy.txt.
 """
 
-import logging
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from checkpoints import CHECKPOINT_SETTINGS, category_folder, load_checkpoint, load_network, resolve_settings
 from dataset import load_test_set, load_train_images
-from model.encoder import normalize
-from model.scoring import predict
-from results import find_evaluation
-from threshold import choose_threshold, load_calibration
-from utils.anomaly_map import anomaly_map
+from evaluation.metrics import compute_metrics, metrics_line
+from evaluation.results import find_evaluation
+from evaluation.threshold import choose_threshold
+from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
+from model.onnx_export import ImageScorer, export_onnx, import_deploy_packages, openvino_scores, quantize_openvino, write_openvino
+from model.scoring import check_scoring, predict
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write, check_outputs, first_line
-from utils.metrics import compute_metrics, metrics_line
+from utils.runs import category_folder
 from utils.runtimes import FORMAT, SCORE_TOLERANCE
 
 # -----------------------------------------------------------------------------
@@ -80,27 +80,6 @@ METADATA = {  # key: meaning; every value is a string
 }
 
 
-class ImageScorer(torch.nn.Module):
-    """uint8 images (N,3,S,S) -> anomaly maps (N,S,S), scores (N,): test.py's scoring of one batch as one module."""
-
-    def __init__(self, network, image_size, mode):
-        super().__init__()
-        self.network, self.image_size, self.mode = network, image_size, mode
-
-    def forward(self, images):
-        teacher, student = self.network(normalize(images))  # 3 taps each
-        maps = anomaly_map(teacher, student, self.image_size, self.mode)  # (N,S,S)
-        return maps, maps.flatten(1).amax(dim=1)
-
-
-def import_deploy_packages(*names):
-    """The optional packages of requirements-deploy.txt, with a one-line error when one is missing."""
-    try:
-        return [__import__(name) for name in names]
-    except ImportError as e:
-        raise ConfigError(f"{e.name} is not installed: pip install -r requirements-deploy.txt") from None
-
-
 def project_version():
     root = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -110,19 +89,16 @@ def project_version():
     return described.stdout.strip() if described.returncode == 0 else "unknown (not a git checkout)"
 
 
-def evaluation_metadata(settings):
+def evaluation_metadata(checkpoint, settings, map_mode):
     """image_f1_threshold, heatmap_range and evaluation metadata from results.json of test.py, and threshold and
-    threshold_source as test.py --images chooses them (threshold.json first), printing what it found."""
+    threshold_source as predict.py chooses them (threshold.json first), printing what it found."""
     folder = category_folder(settings, settings["category"])  # a unified model's: <out_dir>/<run name>/<category>
     saved, problem = find_evaluation(folder, checkpoint, settings["image_size"], map_mode)
     path = os.path.join(folder, "results.json")
-    calibration, note = load_calibration(checkpoint, settings["image_size"], map_mode)
-    if note:
-        print(f"note: {note}")
-    choice = choose_threshold(None, calibration, saved)
+    choice = choose_threshold(None, checkpoint, settings["image_size"], map_mode, saved)
     chosen = {"threshold": repr(choice.value) if choice.value is not None else "", "threshold_source": choice.source}
-    if calibration:
-        print(f"threshold {choice.value:.6f} from {calibration['path']}")
+    if choice.calibration:
+        print(f"threshold {choice.value:.6f} from {choice.calibration['path']}")
     if problem or not saved.get("heatmap_range"):
         reason = problem or f"{path} holds no heatmap_range"
         print(f"note: no evaluation: {reason}; the model carries no F1-max threshold and no heatmap range "
@@ -133,19 +109,7 @@ def evaluation_metadata(settings):
     return {"image_f1_threshold": repr(saved["image_f1_threshold"]), "heatmap_range": f"{lo!r},{hi!r}", "evaluation": path, **chosen}
 
 
-def export_onnx(scorer, image_size, metadata):
-    """The scorer as an ONNX ModelProto with a dynamic batch size and the metadata (a dict of strings)."""
-    import onnx
-
-    example = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)  # 2: a batch size not fixed to 1
-    program = torch.onnx.export(scorer, (example,), input_names=["image"], output_names=["anomaly_map", "score"],
-                                dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
-    model = program.model_proto
-    onnx.helper.set_model_props(model, metadata)
-    return model
-
-
-def check_parity(model, network, image_size):
+def check_parity(model, network, image_size, map_mode):
     """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (model.scoring.predict)."""
     import onnxruntime
 
@@ -160,97 +124,8 @@ def check_parity(model, network, image_size):
     print(f"checked with onnxruntime: maps within {map_error:.1e} of their range, scores within {score_error:.1e} of test.py's")
 
 
-def write_openvino(model, path):
-    """An OpenVINO model as path (.xml) + its .bin, both written beside and renamed, so no half model is left."""
-    import openvino
-
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp.xml")
-    try:
-        openvino.save_model(model, tmp, compress_to_fp16=False)
-        os.replace(tmp[:-4] + ".bin", path[:-4] + ".bin")
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, tmp[:-4] + ".bin"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-
-
-def openvino_scores(model, images, batch):
-    """Maps (N,S,S) and scores (N,) of uint8 images (N,3,S,S) with an OpenVINO model, compiled in f32
-    (this CPU's default precision hint may be bf16)."""
-    import openvino
-
-    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    outputs = [compiled(images[i:i + batch]) for i in range(0, len(images), batch)]
-    maps = np.concatenate([o["anomaly_map"] for o in outputs])
-    return torch.from_numpy(maps), torch.from_numpy(np.concatenate([o["score"] for o in outputs]))
-
-
-def anomaly_map_ops(model):
-    """Names of the ops of an OpenVINO model from the per-tap cosine on (its norms, ReduceL2, and everything
-    after them: upsampling, sum, blur, max): the int8 model keeps these in float, so that the maps are not
-    rounded to 256 levels between the taps and the outputs."""
-    frontier = [op for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
-    if not frontier:
-        raise RuntimeError("int8: no ReduceL2 (the cosine's norm) in the exported graph; cannot tell the anomaly map's ops from the networks'")
-    names = set()
-    while frontier:
-        op = frontier.pop()
-        if op.get_friendly_name() not in names:
-            names.add(op.get_friendly_name())
-            frontier += [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
-    return sorted(names)
-
-
-def ancestors(output):
-    """The ops an OpenVINO op output is computed from, itself included."""
-    found, frontier = {}, [output.get_node()]
-    while frontier:
-        op = frontier.pop()
-        if op.get_friendly_name() not in found:
-            found[op.get_friendly_name()] = op
-            frontier += [source.get_source_output().get_node() for source in op.inputs()]
-    return found
-
-
-def cosine_inputs(model):
-    """The outputs the per-tap cosines read, teacher's and student's (the inputs of the norms, ReduceL2)."""
-    return [op.input(0).get_source_output() for op in model.get_ordered_ops() if op.get_type_name() == "ReduceL2"]
-
-
-def teacher_first_stage_ops(model):
-    """Names of every op from the image to the teacher's first tap (normalisation, stem and layer1), the
-    convolutions and their residual additions alike: NNCF also quantises an addition's inputs, so leaving only
-    the convolutions float still rounds the first tap at each of layer1's residual sums. Of the two taps of the
-    highest resolution, the teacher's layer1 and the student's last, the teacher's has fewer ancestors."""
-    taps = cosine_inputs(model)
-    height = max(tap.get_partial_shape()[2].get_length() for tap in taps)
-    return sorted(min((ancestors(tap) for tap in taps if tap.get_partial_shape()[2].get_length() == height), key=len))
-
-
-def quantize_openvino(onnx_path, calibration_images):
-    """The ONNX model at onnx_path as an OpenVINO model quantised to int8 by NNCF post-training quantisation,
-    calibrated on uint8 images (N,3,S,S).
-
-    Measured on the demo data (README, Deployment): activation ranges are the calibration images' extremes
-    (NNCF's MINMAX), not their means, because anomalous images reach beyond the normal images' typical range
-    and clipping them there erases the anomaly; the anomaly map's ops (from the cosine on) and the teacher's
-    first stage stay float, the parts whose rounding moved the metrics most, at a few % of the arithmetic."""
-    nncf, openvino = import_deploy_packages("nncf", "openvino")
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    nncf.set_log_level(logging.WARNING)  # not a line per op it leaves alone
-    fp32_model = openvino.Core().read_model(onnx_path)
-    calibration = nncf.Dataset([image[None] for image in calibration_images])  # batches of 1
-    float_ops = anomaly_map_ops(fp32_model) + teacher_first_stage_ops(fp32_model)
-    return nncf.quantize(fp32_model, calibration, subset_size=len(calibration_images),
-                         ignored_scope=nncf.IgnoredScope(names=float_ops, validate=False),
-                         advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
-
-
-def quantize_int8(onnx_path, settings, metadata):
-    """The ONNX model quantised to int8, calibrated on the category's training images; scores the test split
+def quantize_int8(onnx_path, settings, metadata, calibration_images):
+    """The ONNX model quantised to int8, calibrated on (at most calibration_images of) the category's training images; scores the test split
     with it and the fp32 model, prints both metrics and returns the int8 OpenVINO model with its metadata."""
     (openvino,) = import_deploy_packages("openvino")
     size = settings["image_size"]
@@ -281,40 +156,41 @@ def quantize_int8(onnx_path, settings, metadata):
 
 def main():
     apply_overrides(globals(), sys.argv[1:], config_keys)
-    if not checkpoint:
+    args = SimpleNamespace(**{k: globals()[k] for k in config_keys})
+    if not args.checkpoint:
         raise ConfigError("--checkpoint is required, e.g. --checkpoint=runs/bottle/checkpoint.pth")
-    if map_mode not in ("add", "mul"):
-        raise ConfigError(f"--map_mode={map_mode}: must be add or mul")
-    if calibration_images < 1:
-        raise ConfigError(f"--calibration_images={calibration_images}: must be at least 1")
-    onnx_path = out or os.path.join(os.path.dirname(checkpoint), "model.onnx")
+    check_scoring(args.map_mode, batch_size=1)
+    if args.calibration_images < 1:
+        raise ConfigError(f"--calibration_images={args.calibration_images}: must be at least 1")
+    onnx_path = args.out or os.path.join(os.path.dirname(args.checkpoint), "model.onnx")
     if not onnx_path.endswith(".onnx"):
         raise ConfigError(f"--out={onnx_path}: must end with .onnx")
     stem = os.path.basename(onnx_path)[:-len(".onnx")]
-    check_outputs(f"out={onnx_path}", os.path.dirname(onnx_path), [stem + ".onnx", *([stem + "_int8.xml", stem + "_int8.bin"] if int8 else [])])
-    import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if int8 else ()))
-    ckpt = load_checkpoint(checkpoint)
-    settings = resolve_settings(ckpt, checkpoint, {name: globals()[name] for name in CHECKPOINT_SETTINGS})
-    if int8 and not settings["category"]:
-        raise ConfigError(f"--int8=1: {checkpoint} is a model of {', '.join(settings['categories'])}; pass --category=<one of them> "
+    check_outputs(f"out={onnx_path}", os.path.dirname(onnx_path), [stem + ".onnx", *([stem + "_int8.xml", stem + "_int8.bin"] if args.int8 else [])])
+    import_deploy_packages("onnx", "onnxscript", "onnxruntime", *(("nncf", "openvino") if args.int8 else ()))
+    ckpt = load_checkpoint(args.checkpoint)
+    settings = resolve_settings(ckpt, args.checkpoint, {name: getattr(args, name) for name in CHECKPOINT_SETTINGS})
+    if args.int8 and not settings["category"]:
+        raise ConfigError(f"--int8=1: {args.checkpoint} is a model of {', '.join(settings['categories'])}; pass --category=<one of them> "
                           "to calibrate on its training images and check on its test split")
-    network = load_network(ckpt, settings, torch.device("cpu"), checkpoint)
+    network = load_network(ckpt, settings, torch.device("cpu"), args.checkpoint)
+    size = settings["image_size"]
     metadata = {
         "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
-        "image_size": str(settings["image_size"]), "map_mode": map_mode, "precision": "fp32",
-        **evaluation_metadata(settings), "checkpoint": checkpoint, "version": project_version(),
+        "image_size": str(size), "map_mode": args.map_mode, "precision": "fp32",
+        **evaluation_metadata(args.checkpoint, settings, args.map_mode), "checkpoint": args.checkpoint, "version": project_version(),
     }
-    scorer = ImageScorer(network, settings["image_size"], map_mode).eval()
+    scorer = ImageScorer(network, size, args.map_mode).eval()
     try:
-        model = export_onnx(scorer, settings["image_size"], metadata)
+        model = export_onnx(scorer, size, metadata)
     except Exception as e:
         raise RuntimeError(f"torch.onnx.export failed: {first_line(e)}") from e
-    check_parity(model, network, settings["image_size"])
+    check_parity(model, network, size, args.map_mode)
     atomic_write(onnx_path, lambda f: f.write(model.SerializeToString()))
-    print(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 2**20:.1f} MiB; input image uint8 (N,3,{settings['image_size']},{settings['image_size']}))")
-    if int8:
+    print(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 2**20:.1f} MiB; input image uint8 (N,3,{size},{size}))")
+    if args.int8:
         int8_path = onnx_path[:-len(".onnx")] + "_int8.xml"
-        write_openvino(quantize_int8(onnx_path, settings, metadata), int8_path)
+        write_openvino(quantize_int8(onnx_path, settings, metadata, args.calibration_images), int8_path)
         print(f"wrote {int8_path} and .bin ({os.path.getsize(int8_path[:-4] + '.bin') / 2**20:.1f} MiB)")
 
 

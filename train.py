@@ -11,17 +11,17 @@ category, or one model on those of several (the unified multi-class setting).
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (pseudo_anomalies.py; its loss in model/losses.py); its
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (model/pseudo_anomalies.py; its loss in model/losses.py); its
 lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
 the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
 test.py. No test data is looked at here. A model of several categories goes to <out_dir>/<run name>/ instead
-(checkpoints.run_name: bottle+cable+screw, or unified_<n>_categories_<hash> for long lists), its config
+(utils.runs.run_name: bottle+cable+screw, or unified_<n>_categories_<hash> for long lists), its config
 "categories" the sorted list and "category" "".
 
 The training images are decoded once into a file of cache_dir and reused by later runs; they are then kept in
 memory, or read batch by batch from that file when they would not fit (in_memory, dataset.load_train_set): the loop
 is the same either way, and so are the checkpoints, bit for bit. --protocol=ader sets the settings of ADer's unified
-benchmark (PROTOCOLS below); any setting given on the command line wins over the preset.
+benchmark (model/protocols.py); any setting given on the command line wins over the preset.
 """
 
 import contextlib
@@ -36,18 +36,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint, loss_csv_path, resume_keys, run_dir, run_name, saved_setting
 from dataset import find_categories, load_train_set
-from image_store import default_cache_dir
-from known_datasets import OFFICIAL_EPOCHS
-from model import METHODS, OCBE, Decoder, MultiProjection, build_encoder, build_loaded
+from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
+from model.checkpoint import load_checkpoint
 from model.encoder import normalize, teacher_features
-from model.losses import cosine_loss, projection_loss
+from model.losses import batch_loss
 from model.projection import ProjectedStudent
-from pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
+from model.protocols import apply_protocol, check_config
+from model.pseudo_anomalies import SimplexPatches, step_generator
 from utils.config import ConfigError, apply_overrides, run_cli
 from utils.files import atomic_write_json, check_outputs
+from utils.image_store import default_cache_dir
+from utils.known_datasets import OFFICIAL_EPOCHS
 from utils.memory import memory_decision
+from utils.runs import CheckpointWriter, LossLog, ckpt_path, loss_csv_path, resume_keys, run_dir, run_name, saved_setting
 from utils.seeding import resolve_device, set_seed
 
 # -----------------------------------------------------------------------------
@@ -87,89 +89,10 @@ resume = False  # continue from the run's checkpoint.pth if it exists
 overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple))]
+config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
 
-# Protocol presets: setting -> value, applied unless the setting is given on the command line.
-# ader: ADer's unified (multi-class) benchmark, read from github.com/zhangzjn/ADer at commit 902937a (2025-01-29):
-# configs/benchmark/rd/rd_256_100e.py and rd++/rd++_256_100e.py (size 256, 100 epochs, batch 16, seed 42, Adam betas
-# (0.5, 0.999) with lr 0.005; RD++: its projection layer 0.001, the rest 5 x 0.001), configs/__base__/cfg_common.py
-# (clip_grad 5.0, DataLoader drop_last, scaler none), optim/scheduler.py (timm StepLRScheduler stepped every
-# iteration, decay_t = int(0.8 * epochs) epochs of iterations, x0.1), trainer/_base_trainer.py and rd_trainer.py
-# (zero_grad, backward, clip_grad_norm over the network, step). Its config's weight_decay 0.05 never reaches an
-# optimizer. trainer/rdpp_trainer.py zeroes the gradients before every backward and steps on every 2nd iteration
-# (accumulate=False), and builds RD++'s two Adam optimizers after the scheduler was attached to the base trainer's
-# own optimizer, which never steps: RD++'s learning rates stay constant there, hence lr_decay 0.
-PROTOCOLS = {
-    "official": {},
-    "ader": {"image_size": 256, "epochs": 100, "batch_size": 16, "lr": 0.005, "betas": (0.5, 0.999), "seed": 42,
-             "lr_decay": 0.8, "clip_grad": 5.0, "drop_last": True, "official_epochs": False},
-}
-PROTOCOLS_RDPP = {"official": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2, "accumulate": False}}  # RD++ on top
-
-
-def apply_protocol(settings, argv):
-    """Set settings[name] to the preset of settings['protocol'] for every name not given in argv (--name=value);
-    scripts/sweep.py applies it to its runs' settings too."""
-    if settings["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"--protocol={settings['protocol']}: must be {' or '.join(PROTOCOLS)}")
-    given = {arg[2:].split("=", 1)[0] for arg in argv}
-    preset = {**PROTOCOLS[settings["protocol"]], **(PROTOCOLS_RDPP[settings["protocol"]] if settings["method"] == "rd++" else {})}
-    settings.update({k: v for k, v in preset.items() if k not in given})
-
-
-def check_config(config):
-    """Impossible settings (a dict of the settings above) fail here, before any data is loaded; scripts/sweep.py
-    checks its runs' settings with it before starting any."""
-    c = config
-    checks = [
-        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
-        (c["batch_size"] >= 1, "batch_size", "at least 1"),
-        (c["epochs"] >= 1, "epochs", "at least 1"),
-        (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
-        (all(0 <= b < 1 for b in c["betas"]), "betas", "two numbers in [0, 1)"),
-        (math.isfinite(c["save_minutes"]) and c["save_minutes"] >= 0, "save_minutes", "a number of minutes, 0 or more"),
-        (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
-        (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
-        (c["method"] in METHODS, "method", " or ".join(METHODS)),
-        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
-        (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
-        (c["step_every"] >= 1, "step_every", "at least 1"),
-        (not c["official_epochs"] or (c["category"] in OFFICIAL_EPOCHS and not c["categories"]), "official_epochs",
-         f"used only for the MVTec AD categories, one at a time with --category= ({', '.join(OFFICIAL_EPOCHS)})"),
-        (math.isfinite(c["clip_grad"]) and c["clip_grad"] >= 0, "clip_grad", "a gradient norm, 0 for no clipping"),
-        (0 <= c["lr_decay"] <= 1, "lr_decay", "a fraction of the epochs in [0, 1], 0 for a constant lr"),
-        (not c["lr_decay"] or int(c["lr_decay"] * c["epochs"]) >= 1, "lr_decay", "at least 1/epochs: int(lr_decay * epochs) is the first decayed epoch, and 0 would divide by zero"),
-        (c["in_memory"] in ("auto", "1", "0"), "in_memory", "auto, 1 or 0"),
-        (c["cache_teacher"] in ("auto", "1", "0"), "cache_teacher", "auto, 1 or 0"),
-    ]
-    for ok, name, expected in checks:
-        if not ok:
-            raise ConfigError(f"--{name}={config[name]!r}: must be {expected}")
-
-
-def batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp):
-    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
-    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
-    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
-    The networks run under bf16 autocast with amp, the losses in float32. scripts/benchmark.py times this step."""
-    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
-        if noisy is None:
-            reconstructed = student(teacher)  # 3 taps
-        else:
-            noisy_teacher = encoder(noisy)  # 3 taps
-            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
-    if not len(teacher[0]):
-        # a last batch smaller than the number of processes leaves some an empty shard: they still join
-        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
-        return sum(r.sum() for r in reconstructed)
-    loss = cosine_loss(teacher, reconstructed)
-    if noisy is not None:  # RD++: + the projection layer's loss
-        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
-    return loss
-
-
-def setup_distributed():
-    """(rank, world_size, device) under torchrun (RANK/WORLD_SIZE set), else (0, 1, the `device` setting)."""
+def setup_distributed(device):
+    """(rank, world_size, device) under torchrun (RANK/WORLD_SIZE set), else (0, 1, the `device` setting's device)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     dev = torch.device(resolve_device(device))
     if world_size == 1:
@@ -206,7 +129,7 @@ def main():
     rdpp = method == "rd++"
     config = {k: globals()[k] for k in config_keys}
     config["categories"] = trained_categories
-    rank, world_size, dev = setup_distributed()
+    rank, world_size, dev = setup_distributed(device)
     log = print if rank == 0 else lambda *args: None
     path = ckpt_path(out_dir, name)
     if rank == 0:  # the one process that writes; another's try could race with its removal of a folder it made
@@ -216,7 +139,8 @@ def main():
 
     set_seed(seed, deterministic)
     # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
-    images = load_train_set(data_root, trained_categories, image_size, in_memory, cache_dir or default_cache_dir(), dev, name)  # (N,3,S,S) uint8
+    images = load_train_set(data_root, trained_categories, image_size, in_memory=in_memory, cache_dir=cache_dir or default_cache_dir(), device=dev,
+                            label=name)  # (N,3,S,S) uint8
     steps_per_epoch = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
     if steps_per_epoch == 0:
         raise ConfigError(f"--drop_last=1: {len(images)} training images make no full batch of {batch_size}; lower batch_size")
@@ -325,7 +249,7 @@ def main():
                 # DDP: a gradient waiting for its step stays in this process (DDP decides at the forward whether the
                 # backward all-reduces); the step's batch all-reduces the sum
                 with student.no_sync() if world_size > 1 and pending else contextlib.nullcontext():
-                    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj, ssot, amp)
+                    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj=weight_proj, ssot=ssot, amp=amp)
                 # DDP averages gradients over processes; weighting by shard size makes that the global batch mean.
                 (loss * len(shard) * world_size / len(batch)).backward()
                 loss = loss.detach() * len(shard) / len(batch)

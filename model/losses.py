@@ -1,8 +1,10 @@
 """
-The training losses: RD's teacher-student cosine loss, and RD++'s loss of its projection layer.
+The training losses: RD's teacher-student cosine loss, RD++'s loss of its projection layer, and one batch's
+loss as train.py computes it (batch_loss).
 
     loss = cosine_loss(teacher, reconstructed)                                    # RD, scalar
     loss = loss + 0.2 * projection_loss(noisy_teacher, projected_noisy, projected, shuffle)[0]   # RD++
+    loss = batch_loss(student, encoder, teacher, noisy, shuffle, weight_proj=0.2, ssot=True, amp=False)  # train.py's step
 
 The RD++ formulas are its official code's (tientrandinh/Revisiting-Reverse-Distillation); the Sinkhorn divergence
 is geomloss's, the library the official code uses, with its arguments.
@@ -50,3 +52,24 @@ def projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot=Tru
         target = -torch.ones(len(flat), device=flat.device)
         contrast = contrast + F.cosine_embedding_loss(noisy_t.flatten(1).float(), flat, target, margin=CONTRAST_MARGIN)
     return (total_ssot + 0.01 * reconstruction + 0.1 * contrast) / 1.11, (total_ssot, reconstruction, contrast)
+
+
+def batch_loss(student, encoder, teacher, noisy, shuffle, *, weight_proj, ssot, amp):
+    """One batch's training loss, a float32 scalar with its graph: cosine_loss between the teacher's taps and the
+    student's reconstruction of them (noisy, shuffle None); RD++ (noisy: the batch with a noise patch per image, ImageNet-normalised):
+    + weight_proj x the projection loss, the teacher encoding the noisy images, `shuffle` the SSOT's permutation.
+    The networks run under bf16 autocast with amp, the losses in float32. train.py's step; scripts/benchmark.py times it."""
+    with torch.autocast(teacher[0].device.type, dtype=torch.bfloat16, enabled=amp):
+        if noisy is None:
+            reconstructed = student(teacher)  # 3 taps
+        else:
+            noisy_teacher = encoder(noisy)  # 3 taps
+            reconstructed, projected, projected_noisy = student(teacher, noisy_teacher)
+    if not len(teacher[0]):
+        # a last batch smaller than the number of processes leaves some an empty shard: they still join
+        # DDP's gradient all-reduce, with a zero loss (the cosine loss of no image is NaN)
+        return sum(r.sum() for r in reconstructed)
+    loss = cosine_loss(teacher, reconstructed)
+    if noisy is not None:  # RD++: + the projection layer's loss
+        loss = loss + weight_proj * projection_loss(noisy_teacher, projected_noisy, projected, shuffle, ssot)[0]
+    return loss

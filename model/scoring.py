@@ -1,6 +1,6 @@
 """
 Scoring images: the teacher and student as one network, BatchNorms folded, and the anomaly maps and scores of a
-set of images. test.py, export.py and the checkpoints' load_network use it.
+set of images. test.py, predict.py, calibrate.py, export.py and model/checkpoint.py's load_network use it.
 
     network = inference_network(encoder, ocbe, decoder)          # RD; + proj for RD++
     maps, scores = predict(network, images)                      # uint8 (N,3,S,S) -> (N,S,S), (N,)
@@ -11,8 +11,11 @@ import copy
 import torch
 from torch.fx.experimental.optimization import fuse
 
+from model.anomaly_map import anomaly_map
 from model.encoder import normalize
-from utils.anomaly_map import anomaly_map
+from utils.config import ConfigError
+
+MAP_MODES = ("add", "mul")  # how the three per-tap maps are combined: summed (the reported numbers) or multiplied
 
 
 class TeacherStudent(torch.nn.Module):
@@ -71,3 +74,11 @@ def predict(network, images, batch_size=16, mode="add", amp=False, compile=False
         maps.append(score(normalize(batch))[:n].cpu())  # (B,S,S)
     maps = torch.cat(maps)  # (N,S,S)
     return maps, maps.flatten(1).amax(dim=1)
+
+
+def check_scoring(map_mode, batch_size):
+    """A ConfigError for settings that cannot score: each command that scores checks its own with this."""
+    if map_mode not in MAP_MODES:
+        raise ConfigError(f"--map_mode={map_mode}: must be {' or '.join(MAP_MODES)}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size={batch_size}: must be at least 1")

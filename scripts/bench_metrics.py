@@ -16,7 +16,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.metrics import compute_metrics  # noqa: E402
+from evaluation.metrics import compute_metrics  # noqa: E402
 
 
 def best_time(fn, repeats):

@@ -49,16 +49,16 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from checkpoints import CheckpointWriter, copy_to_cpu  # noqa: E402
 from dataset import load_images  # noqa: E402
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_model  # noqa: E402
 from model.encoder import normalize, teacher_features  # noqa: E402
+from model.losses import batch_loss  # noqa: E402
 from model.projection import ProjectedStudent  # noqa: E402
+from model.pseudo_anomalies import SimplexPatches, step_generator  # noqa: E402
 from model.scoring import TeacherStudent, inference_network, predict  # noqa: E402
-from pseudo_anomalies import SimplexPatches, step_generator  # noqa: E402
-from train import batch_loss  # noqa: E402  (train.py's step; importing it runs no training)
 from utils.config import script_settings  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
+from utils.runs import CheckpointWriter, copy_to_cpu  # noqa: E402
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "openvino_int8")
 TRAIN_DEFAULTS = script_settings(os.path.join(ROOT, "train.py"))  # its save_minutes (checkpoint cadence) and weight_proj
@@ -145,7 +145,7 @@ def exported_models(network, folder):
     """{runtime: model} of the network exported as export.py does, in folder, run by utils.runtimes."""
     import onnx
 
-    from export import ImageScorer, export_onnx, quantize_openvino
+    from model.onnx_export import ImageScorer, export_onnx, quantize_openvino
     from utils.runtimes import FORMAT, load_exported
 
     metadata = {"format": FORMAT, "image_size": str(args.image_size), "precision": "fp32"}
@@ -206,7 +206,8 @@ def train_step(update=True):
         generator = step_generator(0, 0)
         noisy = pseudo_anomalies(normalize(images), generator).contiguous(memory_format=memory_format)
         shuffle = torch.randperm(args.batch_size, generator=generator)
-    loss = batch_loss(train_student, teacher_forward, teacher, noisy, shuffle, TRAIN_DEFAULTS["weight_proj"], bool(args.ssot), bool(args.amp))
+    loss = batch_loss(train_student, teacher_forward, teacher, noisy, shuffle, weight_proj=TRAIN_DEFAULTS["weight_proj"], ssot=bool(args.ssot),
+                      amp=bool(args.amp))
     loss.backward()
     if update:
         optimizer.step()

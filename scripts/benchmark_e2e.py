@@ -81,7 +81,7 @@ def timed_process(command):
 
 
 def compare():
-    from make_demo_data import make_category
+    from utils.demo_data import make_category
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = os.path.join(tmp, "data")

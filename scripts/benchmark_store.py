@@ -8,7 +8,7 @@ against kept in memory (in_memory=1), and the store reader's speed against the t
 
 For each number of images N it writes N generated PNGs (smooth random colour fields, in a category folder of a
 scratch data_root), then:
-- decodes them into the store (image_store.py, as train.py's first run does) and reports images/s;
+- decodes them into the store (utils/image_store.py, as train.py's first run does) and reports images/s;
 - reads one epoch in shuffled batches through dataset.StreamedImages, as train.py's loop does with in_memory=0, on one
   thread: cold (the store's pages dropped from the page cache with posix_fadvise, so the disk serves them) and warm
   (the page cache serves them), in images/s per core;
@@ -96,7 +96,7 @@ def main():
             data_root, cache_dir = os.path.join(work, f"data_{n}"), os.path.join(work, "cache")
             make_images(os.path.join(data_root, "gen", "train", "good"), n, args.image_size)
             t0 = time.perf_counter()
-            images = load_train_set(data_root, ["gen"], args.image_size, "0", cache_dir, torch.device("cpu"), "gen")
+            images = load_train_set(data_root, ["gen"], args.image_size, in_memory="0", cache_dir=cache_dir, device=torch.device("cpu"), label="gen")
             decode = n / (time.perf_counter() - t0)
             os.posix_fadvise(images.store.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache: the disk serves it
             cold = n / read_epoch(images, args.batch_size)

@@ -1,7 +1,7 @@
 """
 How far ADer's binned pixel metrics are from this project's exact ones. The ADer benchmark scores pixel AUROC, AP and
 AUPRO with the ADEval package, from histograms of 50 strips between the category's map minimum and maximum; this
-project computes them exactly (utils/metrics.py). This script scores the test maps of a sweep's checkpoints (the
+project computes them exactly (evaluation/metrics.py). This script scores the test maps of a sweep's checkpoints (the
 demo's by default) both ways and prints, per category and averaged, each metric and the difference, and mAD both ways.
 
     $ bash scripts/demo.sh                                    # runs/demo/<category>/checkpoint.pth
@@ -26,11 +26,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoints import CHECKPOINT_SETTINGS, ckpt_path, load_checkpoint, load_network, resolve_settings  # noqa: E402
 from dataset import load_test_set  # noqa: E402
+from evaluation.metrics import MAD_PARTS, compute_metrics  # noqa: E402
+from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings  # noqa: E402
 from model.scoring import predict  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
-from utils.metrics import MAD_PARTS, compute_metrics  # noqa: E402
+from utils.runs import ckpt_path  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def main():
             raise ConfigError(f"{ckpt_path(out_dir, name)}: missing")
     dev = torch.device(resolve_device(device))
     on_cuda = dev.type == "cuda"
-    print(f"ADEval's {'CUDA' if on_cuda else 'CPU'} accumulator, {ADER_NSTRIPS} strips; ours exact (utils/metrics.py)")
+    print(f"ADEval's {'CUDA' if on_cuda else 'CPU'} accumulator, {ADER_NSTRIPS} strips; ours exact (evaluation/metrics.py)")
     print(f"{'category':<16} {'metric':<12} {'ours':>8} {'ADEval':>8} {'ADEval - ours':>14}")
     rows = {}  # metric: [(ours, ADEval'), ...]
     for name in names:

@@ -9,8 +9,8 @@ no torch, so it runs on a line PC where torch is not installed (pip install onnx
 Images are read as dataset.py reads them (utils/images.py: the same extensions, sorted, grayscale/RGBA/palette
 to RGB, resized to the model's image size with PIL's bilinear filter), whatever their size. Writes
 <out_dir>/scores.csv (path,score,label; label 1 = score >= threshold) and a strip <out_dir>/<file name>.png
-(input | heatmap with the score) per image, as `test.py --images=DIR` does with the checkpoint. The threshold is
---threshold, or the one export.py stored in the model's metadata as test.py --images would choose it (`threshold`:
+(input | heatmap with the score) per image, as `predict.py --images=DIR` does with the checkpoint. The threshold is
+--threshold, or the one export.py stored in the model's metadata as predict.py would choose it (`threshold`:
 threshold.json's, calibrated on good images, else the evaluation's F1-max threshold; a model exported before
 `threshold` existed has only image_f1_threshold), lowered by utils.runtimes.SCORE_TOLERANCE (relative), the
 tolerance within which the runtimes reproduce test.py's scores: the image of the evaluation whose score is the
@@ -23,11 +23,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation.visualize import save_prediction_strips  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import check_outputs, write_csv  # noqa: E402
 from utils.images import IMAGE_EXTENSIONS, list_images, read_images  # noqa: E402
 from utils.runtimes import RUNTIMES, SCORE_TOLERANCE, load_exported  # noqa: E402
-from utils.visualize import save_prediction_strips  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = ""  # model.onnx (onnxruntime or openvino) or model_int8.xml (openvino) written by export.py
@@ -77,7 +77,7 @@ def main():
     # threshold is the score of one of its images, which must not turn normal by a rounding of the runtime
     label_threshold = image_threshold * (1 - SCORE_TOLERANCE)
     labels = [int(score >= label_threshold) for score in scores]
-    save_prediction_strips(folder, paths, new_images, maps, scores, heat_range, label_threshold)
+    save_prediction_strips(folder, paths, new_images, maps, scores, heat_range=heat_range, threshold=label_threshold)
     write_csv(os.path.join(folder, "scores.csv"), ["path", "score", "label"],
               ((p, f"{score:.6f}", label) for p, score, label in zip(paths, scores, labels)))
     source = "--threshold" if threshold is not None else f"the model's metadata: {metadata.get('threshold_source', 'image_f1_threshold')}"

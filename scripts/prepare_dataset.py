@@ -22,7 +22,7 @@ Formats (each from the dataset's own readme and preparation code):
   mpdd        the MVTec layout; masks ground_truth/<type>/<stem>_mask.png (or <stem>.png), rewritten as 0/255 PNGs
   mvtec_ad_2  train/good, test_public/{good,bad}, masks test_public/ground_truth/bad/<stem>_mask.png; validation/good
               is not used; test_private and test_private_mixed have no ground truth and are not converted (score them
-              with python test.py --images=DIR)
+              with python predict.py --images=DIR)
   real_iad    Real-IAD: images realiad_<resolution>/<object>/ (realiad_1024, realiad_256, realiad_raw: --resolution
               picks one where several are extracted), split files <object>.json in realiad_jsons/ (all five camera
               views C1-C5, each view an image: --views=all, as the ADer benchmark evaluates) or realiad_jsons_sv/
@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
@@ -56,9 +57,9 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dataset import IMAGE_EXTENSIONS, list_images, mask_path_for, open_image  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
 from utils.files import atomic_write, check_outputs  # noqa: E402
+from utils.images import IMAGE_EXTENSIONS, list_images, mask_path_for, open_image  # noqa: E402
 
 # -----------------------------------------------------------------------------
 format = ""  # visa | mvtec_3d | mvtec_loco | btad | mpdd | mvtec_ad_2 | real_iad
@@ -113,12 +114,12 @@ def image_with_stem(folder, stem, suffixes=("",)):
     return None
 
 
-def categories_with(root, marker):
-    """Sorted sub-folders of root that hold the folder `marker` (e.g. train/good)."""
+def categories_with(root, marker, dataset_format):
+    """Sorted sub-folders of root that hold the folder `marker` (e.g. train/good), for --format=dataset_format."""
     need_dir(root, "the extracted dataset")
     found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, marker)))
     if not found:
-        raise ConfigError(f"src={root}: no category folder holding {marker}; is this the extracted {format} dataset?")
+        raise ConfigError(f"src={root}: no category folder holding {marker}; is this the extracted {dataset_format} dataset?")
     return found
 
 
@@ -131,7 +132,7 @@ def mask_for(mask_folder, image_path, suffixes):
     return found
 
 
-def plan_split_folders(category_dir, category, train, tests, mask_folder, suffixes, skipped=()):
+def plan_split_folders(category_dir, category, train, tests, mask_folder, suffixes, *, skipped=()):
     """A category laid out as folders per split and type. train: folder of normal images; tests: {type: folder},
     type 'good' normal; mask_folder(type): the folder of that type's masks, named <stem><suffix>.<ext>."""
     plan = Plan(category)
@@ -152,7 +153,7 @@ def test_types(folder, exclude=()):
     return sorted(t for t in os.listdir(need_dir(folder, "the test images")) if os.path.isdir(os.path.join(folder, t)) and t not in exclude)
 
 
-def plan_visa(root):
+def plan_visa(root, args):
     split_file = os.path.join(root, "split_csv", "1cls.csv")
     if not os.path.isfile(split_file):
         raise ConfigError(f"{split_file}: missing; VisA's download holds split_csv/1cls.csv (the one-class split)")
@@ -182,9 +183,9 @@ def plan_visa(root):
     return [plans[c] for c in sorted(plans)]
 
 
-def plan_mvtec_3d(root):
+def plan_mvtec_3d(root, args):
     plans = []
-    for c in categories_with(root, os.path.join("train", "good", "rgb")):
+    for c in categories_with(root, os.path.join("train", "good", "rgb"), args.format):
         test = os.path.join(root, c, "test")
         tests = {t: os.path.join("test", t, "rgb") for t in test_types(test)}
         plans.append(plan_split_folders(os.path.join(root, c), c, os.path.join("train", "good", "rgb"), tests,
@@ -195,9 +196,9 @@ def plan_mvtec_3d(root):
     return plans
 
 
-def plan_mvtec_loco(root):
+def plan_mvtec_loco(root, args):
     plans = []
-    for c in categories_with(root, os.path.join("train", "good")):
+    for c in categories_with(root, os.path.join("train", "good"), args.format):
         plan = plan_split_folders(os.path.join(root, c), c, os.path.join("train", "good"), {"good": os.path.join("test", "good")},
                                   None, (), skipped=[("validation/good (not used)", os.path.join("validation", "good"))])
         test = os.path.join(root, c, "test")
@@ -214,9 +215,9 @@ def plan_mvtec_loco(root):
     return plans
 
 
-def plan_btad(root):
+def plan_btad(root, args):
     plans = []
-    for c in categories_with(root, os.path.join("train", "ok")):
+    for c in categories_with(root, os.path.join("train", "ok"), args.format):
         gt = os.path.join(root, c, "ground_truth")
         tests = {"good": os.path.join("test", "ok"), **{t: os.path.join("test", t) for t in test_types(os.path.join(root, c, "test"), exclude=("ok",))}}
         plans.append(plan_split_folders(os.path.join(root, c), c, os.path.join("train", "ok"), tests,
@@ -224,9 +225,9 @@ def plan_btad(root):
     return plans
 
 
-def plan_mpdd(root):
+def plan_mpdd(root, args):
     plans = []
-    for c in categories_with(root, os.path.join("train", "good")):
+    for c in categories_with(root, os.path.join("train", "good"), args.format):
         gt = os.path.join(root, c, "ground_truth")
         tests = {t: os.path.join("test", t) for t in test_types(os.path.join(root, c, "test"))}
         plans.append(plan_split_folders(os.path.join(root, c), c, os.path.join("train", "good"), tests,
@@ -234,9 +235,9 @@ def plan_mpdd(root):
     return plans
 
 
-def plan_mvtec_ad_2(root):
+def plan_mvtec_ad_2(root, args):
     plans = []
-    for c in categories_with(root, os.path.join("train", "good")):
+    for c in categories_with(root, os.path.join("train", "good"), args.format):
         public = os.path.join(root, c, "test_public")
         need_dir(public, "MVTec AD 2's test_public split (the test set with ground truth)")
         tests = {t: os.path.join("test_public", t) for t in test_types(public, exclude=("ground_truth",))}
@@ -248,7 +249,7 @@ def plan_mvtec_ad_2(root):
     return plans
 
 
-def real_iad_folders(root):
+def real_iad_folders(root, resolution, views):
     """(image folder, split-file folder) of an extracted Real-IAD, for --resolution and --views."""
     images = sorted(d for d in os.listdir(root) if d.startswith("realiad_") and not d.startswith("realiad_jsons")
                     and os.path.isdir(os.path.join(root, d)))
@@ -287,10 +288,10 @@ def read_split_file(path):
     return info["meta"], info["train"], info["test"]
 
 
-def plan_real_iad(root):
-    if views not in REAL_IAD_SPLITS:
-        raise ConfigError(f"--views={views}: must be all (every camera view, realiad_jsons) or single (C1, realiad_jsons_sv)")
-    image_dir, split_dir = real_iad_folders(root)
+def plan_real_iad(root, args):
+    if args.views not in REAL_IAD_SPLITS:
+        raise ConfigError(f"--views={args.views}: must be all (every camera view, realiad_jsons) or single (C1, realiad_jsons_sv)")
+    image_dir, split_dir = real_iad_folders(root, args.resolution, args.views)
     plans = []
     for name in sorted(f for f in os.listdir(split_dir) if f.endswith(".json")):
         split_file = os.path.join(split_dir, name)
@@ -342,8 +343,8 @@ def write_mask(sources, target):
     return bool(union.any())
 
 
-def place_image(source, target):
-    """Hard-link source at target, or copy it (--copy=1, or where linking fails); True if linked."""
+def place_image(source, target, copy):
+    """Hard-link source at target, or copy it (copy: --copy=1, or where linking fails); True if linked."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if not copy:
         try:
@@ -375,7 +376,7 @@ def check_category(folder, plan):
     return counts
 
 
-def check_destination(root, target):
+def check_destination(root, target, force):
     real_src, real_dst = os.path.realpath(root), os.path.realpath(target)
     if real_dst == real_src or real_dst.startswith(real_src + os.sep) or real_src.startswith(real_dst + os.sep):
         raise ConfigError(f"dst={target}: must be outside src={root} and not contain it (the source is never modified)")
@@ -394,10 +395,10 @@ def main():
     if format != "real_iad" and (resolution or views != "all"):
         raise ConfigError(f"--{'resolution' if resolution else 'views'}: only used with --format=real_iad")
     need_dir(src, "the extracted dataset")
-    check_destination(src, dst)
+    check_destination(src, dst, force)
     partial = dst.rstrip(os.sep) + ".partial"  # written first, renamed to dst when complete
     check_outputs(f"dst={dst}", os.path.dirname(partial), folders=[os.path.basename(partial)])
-    plans = FORMATS[format](src)  # every missing file is found here, before anything is written
+    plans = FORMATS[format](src, SimpleNamespace(**{k: globals()[k] for k in config_keys}))  # every missing file is found here, before anything is written
     for plan in plans:
         written = {}
         for source, relative in plan.images + [(sources[0], relative) for sources, relative in plan.masks]:
@@ -410,7 +411,7 @@ def main():
     for plan in plans:
         folder = os.path.join(partial, plan.category)
         for source, relative in plan.images:
-            n_linked += place_image(source, os.path.join(folder, relative))
+            n_linked += place_image(source, os.path.join(folder, relative), copy)
         n_empty = sum(not write_mask(sources, os.path.join(folder, relative)) for sources, relative in plan.masks)
         if n_empty:
             plan.notes[EMPTY_MASK_NOTE] = n_empty

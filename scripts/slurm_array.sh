@@ -21,6 +21,6 @@
 #SBATCH --output=slurm-%A_%a.out
 set -euo pipefail
 
-# the MVTec AD category of this job, in known_datasets.py's order (textures, then objects)
+# the MVTec AD category of this job, in utils/known_datasets.py's order (textures, then objects)
 category=$(python -c "import known_datasets; print(known_datasets.MVTEC_AD.categories[$SLURM_ARRAY_TASK_ID])")
 exec python scripts/sweep.py --categories="$category" "$@"

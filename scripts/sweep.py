@@ -20,7 +20,7 @@ With --unified=1 it trains ONE model of all the categories instead (`train.py --
 to <out_dir>/<run name>/log.txt, skipped once done), then evaluates it on each category (`test.py --category=C`, logged
 to <out_dir>/<run name>/C/log.txt), each category skipped when done, failing alone, one per GPU at a time; the tables
 (<out_dir>/<run name>/results.md) have one row for that model, per category and the mean, beside ADer's published
-unified rows where the categories are a whole dataset ADer benchmarks. <run name> is checkpoints.run_name of the
+unified rows where the categories are a whole dataset ADer benchmarks. <run name> is utils.runs.run_name of the
 categories (a+b+c, or unified_<n>_categories_<hash>).
 """
 
@@ -39,14 +39,13 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from checkpoints import ckpt_path, run_dir, run_name  # noqa: E402
-from known_datasets import dataset_for  # noqa: E402
-from results import (category_state, differences, ordered, read_json, requested_config, result_folder, table_path,  # noqa: E402
-                     write_results_md)
-from train import apply_protocol, check_config  # noqa: E402  (functions of a settings dict; importing train.py runs nothing)
+from evaluation.metrics import metrics_line  # noqa: E402
+from evaluation.results import category_state, differences, ordered, read_json, requested_config, result_folder, table_path, write_results_md  # noqa: E402
+from model.protocols import apply_protocol, check_config  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
 from utils.files import atomic_write_json, check_outputs  # noqa: E402
-from utils.metrics import metrics_line  # noqa: E402
+from utils.known_datasets import dataset_for  # noqa: E402
+from utils.runs import ckpt_path, run_dir, run_name  # noqa: E402
 
 # -----------------------------------------------------------------------------
 categories = ""  # comma-separated folder names under data_root; default: the known dataset's categories found there
@@ -74,10 +73,11 @@ SET_BY_SWEEP = {
 class Sweep:
     """What the worker threads share: the settings, the child processes running, the signals received, the failures."""
 
-    def __init__(self, out_dir, data_root, requested_categories, train_config, train_args, test_args, run=None):
+    def __init__(self, out_dir, data_root, requested_categories, train_config, train_args, test_args, *, run=None, force=False):
         self.out_dir, self.data_root, self.categories = out_dir, data_root, requested_categories
         self.train_config, self.train_args, self.test_args = train_config, train_args, test_args
         self.run = run  # a unified run's name: one model of all the categories in <out_dir>/<run>/
+        self.force = force  # retrain and reevaluate what is done
         self.unified_categories = sorted(requested_categories) if run else None
         self.lock = threading.Lock()  # whole lines on stdout, one table writer at a time
         self.children = set()
@@ -128,7 +128,7 @@ class Sweep:
         log_path, checkpoint = os.path.join(folder, "log.txt"), ckpt_path(self.out_dir, category)
         requested = requested_config(self.train_config, category)
         previous = read_json(os.path.join(folder, "sweep.json")) or {}
-        resuming = not force and os.path.exists(checkpoint)
+        resuming = not self.force and os.path.exists(checkpoint)
         # training continues from the checkpoint, so the time that built it counts
         carried = (previous.get("train_seconds") or 0.0) if resuming and not differences(previous.get("config"), requested) else 0.0
         info = {"status": "running", "config": requested, "log": log_path, "gpu": gpu, "train_seconds": carried, "test_seconds": None}
@@ -137,13 +137,13 @@ class Sweep:
 
         start = time.time()
         train = [sys.executable, os.path.join(ROOT, "train.py"), f"--category={category}",
-                 "--overwrite=1" if force else "--resume=1", *self.train_args]
+                 "--overwrite=1" if self.force else "--resume=1", *self.train_args]
         status, seconds = self.run_logged(train, log_path, gpu)
         info.update(train_seconds=carried + seconds, train_exit=status)
         step = "train"
         if status == 0 and not self.stop_signals:
             status, step = self.test(category, checkpoint, log_path, gpu, info), "test"
-        self.conclude(category, folder, info, requested, status, step, time.time() - start)
+        self.conclude(category, folder, info, requested, status=status, step=step, elapsed=time.time() - start)
 
     def test(self, category, checkpoint, log_path, gpu, info):
         """test.py on one category of the checkpoint; its exit status, its time in info."""
@@ -153,7 +153,7 @@ class Sweep:
         info.update(test_seconds=seconds, test_exit=status)
         return status
 
-    def conclude(self, category, folder, info, requested, status, step, elapsed):
+    def conclude(self, category, folder, info, requested, *, status, step, elapsed):
         """Record how a category's attempt ended (sweep.json), rebuild the table, say it."""
         results = read_json(os.path.join(folder, "results.json"))
         if self.stop_signals and (status != 0 or step == "train"):
@@ -187,17 +187,17 @@ class Sweep:
         requested = requested_config(self.train_config, "", self.unified_categories)
         previous = read_json(os.path.join(folder, "sweep.json")) or {}
         same = not differences(previous.get("config"), requested)
-        if not force and same and previous.get("status") == "done" and os.path.exists(checkpoint):
+        if not self.force and same and previous.get("status") == "done" and os.path.exists(checkpoint):
             self.say(f"skip training {self.run}: {checkpoint} is done (use --force=1 to retrain)")
             return True
-        resuming = not force and os.path.exists(checkpoint)
+        resuming = not self.force and os.path.exists(checkpoint)
         carried = (previous.get("train_seconds") or 0.0) if resuming and same else 0.0
         info = {"status": "running", "config": requested, "log": log_path, "gpu": gpu, "train_seconds": carried}
         atomic_write_json(os.path.join(folder, "sweep.json"), info)
         self.say(f"start training {self.run}, one model of {len(self.categories)} categories" + (f" on GPU {gpu}" if gpu is not None else "")
                  + (" (resuming its checkpoint)" if resuming else ""))
         train = [sys.executable, os.path.join(ROOT, "train.py"), f"--categories={','.join(self.unified_categories)}",
-                 "--overwrite=1" if force else "--resume=1", *self.train_args]
+                 "--overwrite=1" if self.force else "--resume=1", *self.train_args]
         status, seconds = self.run_logged(train, log_path, gpu)
         info.update(train_seconds=carried + seconds, train_exit=status,
                     status="interrupted" if self.stop_signals else "done" if status == 0 else "failed")
@@ -227,7 +227,7 @@ class Sweep:
         self.say(f"start {category}" + (f" on GPU {gpu}" if gpu is not None else ""))
         start = time.time()
         status = self.test(category, ckpt_path(self.out_dir, self.run), info["log"], gpu, info)
-        self.conclude(category, folder, info, info["config"], status, "test", time.time() - start)
+        self.conclude(category, folder, info, info["config"], status=status, step="test", elapsed=time.time() - start)
 
     def worker(self, gpu, todo):
         while not self.stop_signals:
@@ -285,8 +285,8 @@ def default_categories(data_root):
     return sorted(d for d in folders if os.path.isdir(os.path.join(data_root, d, "train", "good")))
 
 
-def find_categories(data_root):
-    """The --categories, each a folder under data_root, or default_categories."""
+def find_categories(data_root, categories):
+    """The categories (--categories: a,b,c), each a folder under data_root, or default_categories."""
     if categories:
         names = list(dict.fromkeys(c for c in categories.split(",") if c))
         missing = [os.path.join(data_root, c) for c in names if not os.path.isdir(os.path.join(data_root, c))]
@@ -295,13 +295,13 @@ def find_categories(data_root):
         return ordered(names)
     found = default_categories(data_root)
     if not found:
-        raise ConfigError(f"data_root={data_root}: holds no category of a known dataset (known_datasets.py) and no "
+        raise ConfigError(f"data_root={data_root}: holds no category of a known dataset (utils/known_datasets.py) and no "
                           "folder with train/good; pass --data_root=... or --categories=a,b")
     return found
 
 
-def gpu_slots(device):
-    """One entry per category run at a time: a CUDA_VISIBLE_DEVICES value, or None for one run at a time."""
+def gpu_slots(device, gpus):
+    """One entry per category run at a time (gpus: --gpus): a CUDA_VISIBLE_DEVICES value, or None for one run at a time."""
     if gpus:
         if device.startswith("cuda:"):
             raise ConfigError(f"--gpus with --device={device}: each run sees only its own GPU, as cuda:0; use --device=auto")
@@ -313,8 +313,8 @@ def gpu_slots(device):
     return (visible.split(",")[:count] if visible else [str(i) for i in range(count)]) or [None]
 
 
-def unified_run(names, train_config):
-    """The unified run's name for these categories, or None without --unified=1."""
+def unified_run(names, train_config, unified):
+    """The unified run's name for these categories, or None without --unified=1 (unified)."""
     if not unified:
         return None
     if len(names) < 2:
@@ -334,19 +334,19 @@ def main():
         names = [c for c in categories.split(",") if c] or default_categories(data_root)
         if not names and not os.path.isdir(out_dir):
             raise ConfigError(f"out_dir={out_dir}: no such folder, nothing to tabulate")
-        run = unified_run(names, train_config)
+        run = unified_run(names, train_config, unified)
         if run:
             check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
         text = write_results_md(out_dir, data_root, ordered(names), train_config, run)
         print(text)
         print(f"wrote {table_path(out_dir, run)} and report.html beside it")
         return
-    names = find_categories(data_root)
-    run = unified_run(names, train_config)
+    names = find_categories(data_root, categories)
+    run = unified_run(names, train_config, unified)
     if run:  # its tables' folder, before any category starts
         check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])
-    slots = gpu_slots(train_config["device"])
-    sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run)
+    slots = gpu_slots(train_config["device"], gpus)
+    sweep = Sweep(out_dir, data_root, names, train_config, train_args, test_args, run=run, force=force)
     todo = queue.Queue()
     for category in names:
         requested = requested_config(train_config, category, sweep.unified_categories)

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from make_demo_data import make_category  # noqa: E402
+from utils.demo_data import make_category  # noqa: E402
 
 # small and fast: resnet18 teacher, 64x64 images, random teacher weights (no download here)
 SMALL = ["--backbone=resnet18", "--image_size=64", "--weights=none", "--device=cpu"]
@@ -116,7 +116,7 @@ def new_images(data_root, tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_home(tmp_path_factory):
-    """The decoded-image stores train.py writes (image_store.default_cache_dir) go to a temporary folder, not ~/.cache."""
+    """The decoded-image stores train.py writes (utils.image_store.default_cache_dir) go to a temporary folder, not ~/.cache."""
     folder = tmp_path_factory.mktemp("cache_home")
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(folder)  # subprocesses inherit it

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from model import build_model
+from model.anomaly_map import anomaly_map, gaussian_blur
 from model.encoder import normalize, teacher_features
 from model.losses import cosine_loss
 from model.scoring import inference_network, predict
-from utils.anomaly_map import anomaly_map, gaussian_blur
 
 
 @pytest.mark.parametrize("shape", [(3, 256, 256), (2, 64, 48), (1, 7, 5), (1, 1, 40)])

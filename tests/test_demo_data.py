@@ -1,5 +1,5 @@
 """
-Tests for scripts/make_demo_data.py, the synthetic MVTec-layout demo dataset.
+Tests for utils/demo_data.py (scripts/make_demo_data.py), the synthetic MVTec-layout demo dataset.
 Run: python -m pytest tests/test_demo_data.py -q   (a few seconds)
 """
 
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+import utils.demo_data as demo
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import make_demo_data as demo  # noqa: E402
 
 SMALL = dict(size=64, n_train=4, n_test_good=2, n_test_defect=2)
 

@@ -25,7 +25,7 @@ from model import MultiProjection, build_model
 from model.encoder import normalize, teacher_features
 from model.losses import cosine_loss, projection_loss
 from model.projection import ProjectedStudent
-from pseudo_anomalies import SimplexPatches, step_generator
+from model.pseudo_anomalies import SimplexPatches, step_generator
 
 SEED, SIZE, WORLD_SIZE = 42, 64, 2
 

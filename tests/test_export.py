@@ -1,6 +1,6 @@
 """
 Deployment: export.py's ONNX graph (RD and RD++) scores as test.py does on onnxruntime and OpenVINO, scripts/predict_onnx.py
-labels a folder as `test.py --images` does without importing torch, and bad input gets one-line errors.
+labels a folder as `predict.py` does without importing torch, and bad input gets one-line errors.
 
     $ python -m pytest -q tests/test_export.py
 
@@ -24,9 +24,9 @@ for package in ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf"):
 
 import onnx  # noqa: E402
 
-from checkpoints import load_checkpoint, load_network, resolve_settings  # noqa: E402
 from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
+from model.checkpoint import load_checkpoint, load_network, resolve_settings  # noqa: E402
 from model.scoring import predict  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
@@ -131,9 +131,9 @@ def test_metadata_carries_the_evaluation(evaluated_export):
 
 
 def test_metadata_carries_the_calibrated_threshold(trained, new_images, tmp_path):
-    """threshold.json beside the checkpoint (test.py --good_images) is the metadata's threshold, as test.py --images
-    would choose it, and predict_onnx.py labels with it."""
-    from threshold import calibration_record
+    """threshold.json beside the checkpoint (calibrate.py) is the metadata's threshold, as predict.py would choose
+    it, and predict_onnx.py labels with it."""
+    from evaluation.threshold import calibration_record
 
     _, checkpoint = trained
     os.link(checkpoint, tmp_path / "checkpoint.pth")
@@ -184,7 +184,7 @@ def test_predict_onnx_labels_as_test_py(evaluated_export, mixed_images, data_roo
     images = tmp_path / "images"
     shutil.copytree(mixed_images, images)
     shutil.copy(os.path.join(data_root, CATEGORY, at_threshold), images / "g_at_threshold.png")
-    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={images}", "--device=cpu")
+    run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={images}", "--device=cpu")
     expected = read_csv(out_dir / CATEGORY / "predict" / "scores.csv")
     assert len(expected) == 7 and expected[-1]["label"] == "1"
     for runtime in RUNTIMES:

@@ -1,5 +1,5 @@
 """
-The decoded-image store (image_store.py) and dataset.load_train_set: the store is reused while its images are
+The decoded-image store (utils/image_store.py) and dataset.load_train_set: the store is reused while its images are
 unchanged, rebuilt when one is replaced, truncated, or left half-written by a killed build, never used then; two
 runs building it at once end with one good store; in memory and streamed, the same pixels.
 
@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import ROOT, make_category
 from dataset import StreamedImages, load_train_set, train_image_paths
-from image_store import open_store, store_path
+from utils.image_store import open_store, store_path
 from utils.images import read_image
 
 SIZE = 32
@@ -64,8 +64,8 @@ def test_store_holds_the_images_in_training_order_and_is_reused(data, capsys):
 
 def test_in_memory_and_streamed_give_the_same_batches(data):
     root, cache, paths = data
-    in_memory = load_train_set(root, CATEGORIES, SIZE, "1", cache, torch.device("cpu"), "disc+stripes")
-    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"), "disc+stripes")
+    in_memory = load_train_set(root, CATEGORIES, SIZE, in_memory="1", cache_dir=cache, device=torch.device("cpu"), label="disc+stripes")
+    streamed = load_train_set(root, CATEGORIES, SIZE, in_memory="0", cache_dir=cache, device=torch.device("cpu"), label="disc+stripes")
     assert isinstance(in_memory, torch.Tensor) and isinstance(streamed, StreamedImages)
     assert torch.equal(in_memory, torch.from_numpy(decoded(paths)))
     order = torch.randperm(8, generator=torch.Generator().manual_seed(0))
@@ -82,7 +82,7 @@ def test_a_replaced_image_is_read_new(data, capsys):
     old = os.stat(replaced)
     Image.open(paths[0]).save(replaced)  # disc's first image in its place
     os.utime(replaced, ns=(old.st_atime_ns, old.st_mtime_ns))
-    streamed = load_train_set(root, CATEGORIES, SIZE, "0", cache, torch.device("cpu"), "disc+stripes")
+    streamed = load_train_set(root, CATEGORIES, SIZE, in_memory="0", cache_dir=cache, device=torch.device("cpu"), label="disc+stripes")
     assert "decoding" in capsys.readouterr().out
     assert torch.equal(streamed[[4]][0], torch.from_numpy(read_image(paths[0], SIZE)))
     assert not torch.equal(streamed[[4]][0], streamed[[5]][0])
@@ -106,7 +106,7 @@ def slow_builder(data):
 import io, sys, time
 sys.path.insert(0, {ROOT!r})
 out, sys.stdout = sys.stdout, io.StringIO()
-import image_store
+import utils.image_store as image_store
 from utils.images import read_image
 image_store.read_image = lambda path, size: (time.sleep(0.3), read_image(path, size))[1]
 image_store.BUILD_CHUNK = 1

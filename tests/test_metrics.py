@@ -1,5 +1,5 @@
 """
-Tests for utils/metrics.py against independent, deliberately slow references.
+Tests for evaluation/metrics.py against independent, deliberately slow references.
 
 sklearn for AUROC and AP, explicit Python loops over thresholds for F1-max, AUPRO and the
 RD4AD per-image PRO, plus hand-computed tiny cases; ADer's pixel F1-max, IoU-max and mAD
@@ -17,8 +17,8 @@ from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import utils.metrics  # noqa: E402
-from utils.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves  # noqa: E402
+import evaluation.metrics  # noqa: E402
+from evaluation.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves  # noqa: E402
 
 TOL = 1e-6
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -368,7 +368,7 @@ def test_ader_metrics_by_hand():
 def test_ader_metrics_in_chunks(monkeypatch):
     scores, labels, maps, masks = make_case(seed=12, n=9, size=16)
     whole = compute_metrics(scores, labels, maps, masks)
-    monkeypatch.setattr(utils.metrics, "ADER_CHUNK_PIXELS", 3 * 16 * 16 - 1)  # two images at a time, the last alone
+    monkeypatch.setattr(evaluation.metrics, "ADER_CHUNK_PIXELS", 3 * 16 * 16 - 1)  # two images at a time, the last alone
     chunked = compute_metrics(scores, labels, maps, masks)
     assert chunked["pixel_f1_21"] == whole["pixel_f1_21"] and chunked["pixel_iou_max"] == whole["pixel_iou_max"]
 

@@ -1,5 +1,5 @@
 """
-The report's plots, drawn by a `python plots.py` process (plots.Plotter): what it writes, and how each failure
+The report's plots, drawn by a `python evaluation/plots.py` process (evaluation.plots.Plotter): what it writes, and how each failure
 reaches test.py: a file it cannot write as the OSError test.py would have raised itself, a missing matplotlib as a
 one-line user error, a process that died as an error that names it.
 
@@ -11,7 +11,7 @@ import errno
 import pytest
 from PIL import Image
 
-from plots import Plotter
+from evaluation.plots import Plotter
 from utils.config import ConfigError
 
 CURVES = {"image_roc": {"fpr": [0, 0.5, 1], "tpr": [0, 1, 1]}, "image_pr": {"recall": [0, 1], "precision": [1, 0.5]},

@@ -355,8 +355,8 @@ def test_masks_with_other_values_are_read_as_binary(tmp_path, capsys):
 
 def test_btad_table_has_the_published_rdpp_means_and_its_source(tmp_path):
     """The table from hand-written per-category files: BTAD's order, RD++'s published means and where they are from."""
+    import evaluation.results as results_layer
     import train
-    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}
     for category in ("03", "01", "02"):
@@ -444,8 +444,8 @@ def test_real_iad_refusals(tmp_path):
 
 def test_real_iad_table_has_ader_rows_and_the_authors_order(tmp_path):
     """Real-IAD's objects in its authors' order, and ADer's published unified-setting rows with their source."""
+    import evaluation.results as results_layer
     import train
-    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}
     for category, iou in (("zipper", 0.25), ("audiojack", 0.15), ("pcb", 0.2)):

@@ -25,10 +25,10 @@ from torchvision import transforms
 
 from conftest import ROOT, run_main, run_script
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
-from test_reproduction import official_evaluation, reference_images
-from checkpoints import load_checkpoint
+from model.checkpoint import load_checkpoint
 from model.losses import projection_loss
-from pseudo_anomalies import SimplexPatches, noise_field, step_generator
+from model.pseudo_anomalies import SimplexPatches, noise_field, step_generator
+from test_reproduction import official_evaluation, reference_images
 
 SIZE = 96  # the smallest multiple of 32 with room for RD++'s patches (10 to SIZE/8 pixels)
 RDPP = ["--method=rd++", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu"]
@@ -391,7 +391,7 @@ def test_rdpp_errors_are_one_line(rdpp_root, data_root, tmp_path):
 
 def test_rd_stays_the_default_and_the_official_epochs_cover_mvtec():
     import train
-    from known_datasets import MVTEC_AD, OFFICIAL_EPOCHS
+    from utils.known_datasets import MVTEC_AD, OFFICIAL_EPOCHS
     assert train.method == "rd" and train.epochs == 200
     assert set(OFFICIAL_EPOCHS) == set(MVTEC_AD.categories)
     assert OFFICIAL_EPOCHS["carpet"] == OFFICIAL_EPOCHS["leather"] == 10 and max(OFFICIAL_EPOCHS.values()) == 300

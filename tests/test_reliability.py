@@ -19,11 +19,12 @@ import sys
 import pytest
 import torch
 
-from checkpoints import CheckpointWriter, LossLog, ckpt_path, load_checkpoint
 from conftest import ROOT, SMALL, run_script
+from model.checkpoint import load_checkpoint
 from test_errors import assert_user_error, run_main, snapshot
 from utils.files import atomic_write_json
 from utils.io import save_checkpoint
+from utils.runs import CheckpointWriter, LossLog, ckpt_path
 
 # 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_minutes=1000, so only the end of
 # training and a signal save a checkpoint

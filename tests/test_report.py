@@ -1,6 +1,6 @@
 """
-The HTML reports (report.py) opened in a real browser, headless Chromium driven by playwright (scripts/screenshot.py's
-open_page): an evaluation's report, a --images report, a sweep's report, and the demo's reports where
+The HTML reports (evaluation/report.py) opened in a real browser, headless Chromium driven by playwright (scripts/screenshot.py's
+open_page): an evaluation's report, a predict.py report, a sweep's report, and the demo's reports where
 `bash scripts/demo.sh` has made them (CI runs it first). Each page must load from the file system with no console
 error, no failed request and no request outside the file system; every image must load; every test image must be
 in the gallery; the metrics shown must be results.json's; the sweep's links must lead to loaded category reports.
@@ -119,9 +119,9 @@ def test_evaluation_report_without_loss_file(trained, tmp_path):
 
 
 def test_images_report(evaluated, new_images):
-    """test.py --images: the gallery of the scored folder, with the labels and where the threshold comes from."""
+    """predict.py: the gallery of the scored folder, with the labels and where the threshold comes from."""
     run, _ = evaluated
-    result = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--images={new_images}", "--device=cpu")
+    result = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--images={new_images}", "--device=cpu")
     path = run / CATEGORY / "predict" / "report.html"
     assert f"wrote {path} in " in result.stdout
     rows = read_csv(run / CATEGORY / "predict" / "scores.csv")
@@ -173,9 +173,9 @@ def test_demo_reports():
 
 def test_report_size_bound():
     """MVTec AD's largest test set (pill: 167 images at 256x256) gives a report under 30 MB even when every picture
-    is pure noise, the worst case for JPEG; a photograph takes about a third of that (report.py's docstring)."""
-    from report import JPEG_QUALITY, THUMB_HEIGHT
-    from utils.visualize import evaluation_strip
+    is pure noise, the worst case for JPEG; a photograph takes about a third of that (evaluation/report.py's docstring)."""
+    from evaluation.report import JPEG_QUALITY, THUMB_HEIGHT
+    from evaluation.visualize import evaluation_strip
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (3, 256, 256), dtype=np.uint8)

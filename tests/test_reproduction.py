@@ -2,7 +2,7 @@
 training step, and a saved checkpoint reloads in a new process to the same scores.
 
 The references here are written from the official code's formulas with torchvision transforms, torch and scipy,
-independently of dataset.py, model/encoder.py's normalize, model/scoring.py, utils/anomaly_map.py and utils/metrics.py.
+independently of dataset.py, model/encoder.py's normalize, model/scoring.py, model/anomaly_map.py and evaluation/metrics.py.
 """
 
 import csv
@@ -145,12 +145,12 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
     """Scores computed in memory right after training equal test.py's in a new process from the saved file."""
     import train
     from dataset import load_test_set, load_train_images
+    from model import build_model
     from model.encoder import normalize
     from model.losses import cosine_loss
     from model.scoring import inference_network, predict
-    from model import build_model
-    from checkpoints import ckpt_path
     from utils.io import save_checkpoint
+    from utils.runs import ckpt_path
 
     torch.manual_seed(1)
     encoder, ocbe, decoder = build_model("resnet18", weights="none", seed=1)

@@ -148,8 +148,8 @@ def test_interrupted_sweep_resumes(tmp_path):
 def test_table_of_mvtec_categories_has_the_reference_rows(tmp_path):
     """The table from hand-written per-category files: states, averages, reference rows, notes; then --table_only=1
     gathers it the way the Slurm recipe does, from out_dir alone (the data is not on that machine)."""
+    import evaluation.results as results_layer
     import train
-    import results as results_layer
 
     config = {k: getattr(train, k) for k in train.config_keys}  # the defaults: wide_resnet50_2, 200 epochs, ...
     out_dir = tmp_path / "runs"

@@ -1,5 +1,5 @@
 """
-The threshold from good images alone (threshold.py, test.py --good_images) and which threshold a run uses.
+The threshold from good images alone (evaluation/threshold.py, calibrate.py) and which threshold a run uses.
 
 Run: python -m pytest -q tests/test_threshold.py
 """
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_category, run_main, run_script
-from make_demo_data import make_sample
-from threshold import false_alarm_threshold, min_images
+from evaluation.threshold import false_alarm_threshold, min_images
+from utils.demo_data import make_sample
 
 CATEGORY = "stripes"
 
@@ -87,7 +87,7 @@ def calibrated(trained, good_folder, tmp_path_factory):
     _, checkpoint = trained
     run = tmp_path_factory.mktemp("calibrated")
     os.link(checkpoint, run / "checkpoint.pth")
-    result = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--good_images={good_folder}",
+    result = run_script("calibrate.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--good_images={good_folder}",
                         "--false_alarm_rate=0.05", "--device=cpu")
     return run, result
 
@@ -98,7 +98,7 @@ def read_scores(path):
 
 
 def test_good_images_threshold(calibrated, good_folder):
-    """On 200 good images at rate 0.05: at most 10 of them score at or above the threshold; --images then uses it."""
+    """On 200 good images at rate 0.05: at most 10 of them score at or above the threshold; predict.py then uses it."""
     run, result = calibrated
     record = json.loads((run / "threshold.json").read_text())
     assert record["false_alarm_rate"] == 0.05 and record["n_images"] == 200
@@ -107,8 +107,8 @@ def test_good_images_threshold(calibrated, good_folder):
     assert record["date"][:2] == "20" and record["image_size"] == 64 and record["map_mode"] == "add"
     assert "threshold.json" in result.stdout
 
-    # score the same images again with --images: the threshold comes from threshold.json, and 10 at most are flagged
-    scored = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={good_folder}",
+    # score the same images again with predict.py: the threshold comes from threshold.json, and 10 at most are flagged
+    scored = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={good_folder}",
                         f"--out_dir={run}", "--device=cpu")
     assert "threshold.json: calibrated on 200 good images" in scored.stdout
     rows = read_scores(run / CATEGORY / "predict" / "scores.csv")
@@ -127,12 +127,12 @@ def test_threshold_precedence(calibrated, trained, good_folder, tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     Image.open(good_folder / "000.png").save(one / "a.png")
-    given = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={one}", f"--out_dir={tmp_path}",
+    given = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={one}", f"--out_dir={tmp_path}",
                        "--threshold=1e9", "--device=cpu")
     assert "score >= 1000000000.000000, --threshold)" in given.stdout
     # the trained run has no threshold.json but its evaluation: the F1-max threshold, said so
     run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", "--device=cpu", "--report=0")
-    f1 = run_script("test.py", f"--checkpoint={checkpoint}", f"--images={one}", f"--out_dir={tmp_path}", "--device=cpu")
+    f1 = run_script("predict.py", f"--checkpoint={checkpoint}", f"--images={one}", f"--out_dir={tmp_path}", "--device=cpu")
     assert "image_f1_threshold of results.json" in f1.stdout
 
 
@@ -153,9 +153,9 @@ def test_good_images_errors(trained, good_folder, tmp_path, case):
         "rate_zero": ([f"--good_images={good_folder}", "--false_alarm_rate=0"], "--false_alarm_rate=0.0: must be in (0, 1)"),
         "rate_one": ([f"--good_images={good_folder}", "--false_alarm_rate=1"], "--false_alarm_rate=1.0: must be in (0, 1)"),
         "rate_negative": ([f"--good_images={good_folder}", "--false_alarm_rate=-0.1"], "must be in (0, 1)"),
-        "with_images": ([f"--good_images={good_folder}", f"--images={few}"], "--good_images="),
+        "with_images": ([f"--good_images={good_folder}", f"--images={few}"], "--images"),  # predict.py's setting, not calibrate.py's
     }[case]
-    result = run_main("test.py", f"--checkpoint={run / 'checkpoint.pth'}", *args, "--device=cpu")
+    result = run_main("calibrate.py", f"--checkpoint={run / 'checkpoint.pth'}", *args, "--device=cpu")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.stderr
@@ -171,7 +171,7 @@ def test_stale_threshold_file_is_not_used(calibrated, new_images, tmp_path):
     record = json.loads((run / "threshold.json").read_text())
     record["checkpoint_sha256"] = "0" * 64
     (other / "threshold.json").write_text(json.dumps(record))
-    result = run_main("test.py", f"--checkpoint={other / 'checkpoint.pth'}", f"--images={new_images}", f"--out_dir={tmp_path}",
+    result = run_main("predict.py", f"--checkpoint={other / 'checkpoint.pth'}", f"--images={new_images}", f"--out_dir={tmp_path}",
                       "--device=cpu")
     assert "its SHA-256 differs" in result.stdout
     assert result.returncode == 2 and "no threshold" in result.stderr  # and no results.json here to fall back on

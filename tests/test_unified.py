@@ -24,11 +24,12 @@ from PIL import Image
 from torchvision import transforms
 
 import train
-from checkpoints import ckpt_path, load_checkpoint, run_name
 from conftest import ROOT, SMALL, make_category, run_script
 from model import OCBE, Decoder, build_encoder
+from model.checkpoint import load_checkpoint
 from test_errors import run_main
 from test_reliability import assert_same
+from utils.runs import ckpt_path, run_name
 
 CATEGORIES = ["disc", "grid_gray", "stripes"]  # sorted, as train.py records them
 RUN = "disc+grid_gray+stripes"
@@ -219,7 +220,7 @@ def test_test_py_writes_each_category_and_the_mean(unified, data_root, tmp_path)
         assert json.load(f)["pixel_aupro"] == per_category["grid_gray"]["pixel_aupro"]
     refused = run_main("test.py", f"--checkpoint={checkpoint}", "--category=bottle")
     assert refused.returncode == 2 and "was trained on disc, grid_gray, stripes, not on it" in refused.stderr
-    no_threshold = run_main("test.py", f"--checkpoint={checkpoint}", f"--images={os.path.join(data_root, 'disc', 'test', 'good')}")
+    no_threshold = run_main("predict.py", f"--checkpoint={checkpoint}", f"--images={os.path.join(data_root, 'disc', 'test', 'good')}")
     assert no_threshold.returncode == 2 and "pass --category=<one of them> to use its threshold" in no_threshold.stderr
 
 
@@ -254,8 +255,8 @@ def test_ader_map_scale_leaves_every_metric_unchanged():
     """ADer's map is the taps' sum divided by len(taps) * sum(tap weights) = 3 x 3 (util/metric.py cal_anomaly_map,
     amap_mode 'add', weights 1), blurred after; ours is the sum. A positive factor keeps every ranking: all our
     threshold-free metrics are the same (ADer's F1/IoU over min-max normalised maps are scale-free too)."""
-    from results import AVERAGED
-    from utils.metrics import compute_metrics
+    from evaluation.metrics import compute_metrics
+    from evaluation.results import AVERAGED
     generator = torch.Generator().manual_seed(0)
     maps = torch.randint(0, 4096, (8, 32, 32), generator=generator).double() / 1024  # distinct levels, no ties made by /9
     masks = torch.zeros(8, 32, 32, dtype=torch.bool)

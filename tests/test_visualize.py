@@ -1,5 +1,5 @@
 """
-Pictures and scoring of new images: test.py --save_images=K, test.py --images=DIR, utils/visualize.py.
+Pictures and scoring of new images: test.py --save_images=K, predict.py --images=DIR, evaluation/visualize.py.
 
     $ python -m pytest -q tests/test_visualize.py
 """
@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.ndimage import binary_erosion
 
 from conftest import run_main, run_script
-from utils.visualize import draw_outline, jet
+from evaluation.visualize import draw_outline, jet
 
 SIZE = 64  # the `trained` checkpoint's image_size
 CATEGORY = "stripes"
@@ -87,8 +87,8 @@ def test_save_images(evaluated, data_root):
 
 def test_images_scores_new_folder(trained, evaluated, new_images):
     _, checkpoint = trained
-    result = run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={evaluated.parent}", f"--images={new_images}",
-                        "--device=cpu", "--data_root=/no/such/folder")  # the test split is not loaded
+    result = run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={evaluated.parent}", f"--images={new_images}",
+                        "--device=cpu")  # predict.py has no data_root: the test split is not loaded
     assert "ignored 1 non-image files" in result.stdout
     rows = read_csv(evaluated / "predict" / "scores.csv")
     names = ["a_copy.png", "b.jpg", "c.BMP", "d_gray.png", "e_rgba.png"]
@@ -109,13 +109,13 @@ def test_images_threshold_override(trained, new_images, tmp_path):
     """--threshold labels the images without any evaluation (no results.json in this out_dir)."""
     _, checkpoint = trained
     for threshold, label in ((0, "1"), (1e9, "0")):
-        run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", f"--images={new_images}",
+        run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", f"--images={new_images}",
                    f"--threshold={threshold}", "--device=cpu")
         rows = read_csv(tmp_path / CATEGORY / "predict" / "scores.csv")
         assert len(rows) == 5 and all(row["label"] == label for row in rows)
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "no_results", "threshold_without_images", "save_images_with_images"])
+@pytest.mark.parametrize("case", ["empty", "missing", "no_results", "no_images", "save_images_with_images"])
 def test_images_errors(trained, new_images, tmp_path, case):
     _, checkpoint = trained
     empty, missing = tmp_path / "empty", tmp_path / "missing"
@@ -124,10 +124,10 @@ def test_images_errors(trained, new_images, tmp_path, case):
         "empty": ([f"--images={empty}"], str(empty)),
         "missing": ([f"--images={missing}"], str(missing)),
         "no_results": ([f"--images={new_images}"], os.path.join(tmp_path, CATEGORY, "results.json")),
-        "threshold_without_images": (["--threshold=0.5"], "--images"),
+        "no_images": (["--threshold=0.5"], "--images"),
         "save_images_with_images": ([f"--images={new_images}", "--threshold=0.5", "--save_images=1"], "--save_images"),
     }[case]
-    result = run_main("test.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", *args)  # in this process: faster
+    result = run_main("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", *args)  # in this process: faster
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.stderr

@@ -1,1 +1,2 @@
-"""What train.py and test.py share: settings, files, seeds, the anomaly map, metrics and pictures."""
+"""Helpers several rooms share: --name=value settings, files and images, seeds and devices, memory decisions, torch
+files, run folders and checkpoint writing, the decoded-image store, the known datasets, exported-model runtimes."""

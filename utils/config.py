@@ -43,12 +43,15 @@ def parse_value(name, raw, default):
     raise ConfigError(f"--{name}={raw}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} like {default!r}")
 
 
-def apply_overrides(settings, argv, keys):
-    """Set settings[name] = value for each --name=value in argv; only names in `keys` may be set."""
+def apply_overrides(settings, argv, keys, moved=None):
+    """Set settings[name] = value for each --name=value in argv; only names in `keys` may be set. `moved`: {name: where
+    that setting went} for settings a command no longer has (test.py's --images is predict.py's now)."""
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"{arg}: arguments are --name=value, valid names: {', '.join(keys)}")
         name, raw = arg[2:].split("=", 1)
+        if moved and name in moved:
+            raise ConfigError(f"--{name}: {moved[name]}")
         if name not in keys:
             raise ConfigError(f"--{name}: unknown setting, valid names: {', '.join(keys)}")
         settings[name] = parse_value(name, raw, settings[name])

@@ -1,6 +1,7 @@
 """
 Reading images the one way the project reads them, with numpy and PIL only (no torch): dataset.py builds its
-tensors on it, and scripts/predict_onnx.py reads a folder with it where torch is not installed.
+tensors on it, scripts/predict_onnx.py reads a folder with it where torch is not installed, and
+scripts/prepare_dataset.py checks the layout it writes with it (mask_path_for: where a test image's mask is).
 
     from utils.images import list_images, read_images
     images = read_images(list_images("new/"), 256)  # (N,3,256,256) uint8 numpy array, RGB
@@ -30,6 +31,12 @@ def list_images(folder):
     if n_other:
         print(f"{folder}: ignored {n_other} non-image files")
     return [os.path.join(folder, n) for n in images]
+
+
+def mask_path_for(category_folder, defect, image_path):
+    """The mask of the test image image_path of type `defect` in the MVTec AD layout: ground_truth/<type>/<stem>_mask.png."""
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return os.path.join(category_folder, "ground_truth", defect, stem + "_mask.png")
 
 
 def open_image(path):

@@ -1,6 +1,6 @@
 """
 torch files on disk: saved atomically, loaded safely. model/encoder.py loads teacher weights files with safe_load,
-checkpoints.py saves and loads checkpoints with both.
+utils/runs.py saves checkpoints with save_checkpoint, model/checkpoint.py loads them with safe_load.
 
     save_checkpoint("runs/bottle/checkpoint.pth", {"bn": ..., "decoder": ...})
     state_dict = safe_load("teacher.pth", "weights")  # a ConfigError naming --weights=teacher.pth if unreadable

@@ -1,6 +1,6 @@
 """
 The results layer: what run folders hold, read back, and results.md and report.html written from it.
-scripts/sweep.py writes them with it after every category; test.py --images and export.py find an evaluation's
+scripts/sweep.py writes them with it after every category; predict.py and export.py find an evaluation's
 threshold with it.
 
     states = collect("runs", ["bottle", "screw"], train_config)   # {category: Result(state, results, sweep)}
@@ -12,9 +12,9 @@ A run folder <out_dir>/<category>/ holds checkpoint.pth, config.json and loss.cs
 scores.csv, curves.json and report.html (test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is train.py's settings as a dict (utils.config
 .script_settings("train.py") with the --name=value overrides): a category's results count for it when they were
 trained with its values of the checkpoint's resume_keys, epochs and method; the others show as "other settings".
-The reference rows under ours and their sources are known_datasets.py's.
+The reference rows under ours and their sources are utils/known_datasets.py's.
 
-A unified run (one model of several categories, train.py --categories=...; `run` its name, checkpoints.run_name)
+A unified run (one model of several categories, train.py --categories=...; `run` its name, utils.runs.run_name)
 holds checkpoint.pth, config.json, log.txt and sweep.json (the training), results.json (the mean over the
 categories, write_mean) and results.md in <out_dir>/<run>/, and each category's files in <out_dir>/<run>/<category>/.
 Its results.md has one row for the model, per category and the mean, beside ADer's published unified rows where the
@@ -32,12 +32,12 @@ import os
 from collections import namedtuple
 from datetime import datetime
 
-from checkpoints import resume_keys, run_dir, saved_setting
-from known_datasets import ADER_UNIFIED, DATASETS, MVTEC_AD, OFFICIAL_EPOCHS, dataset_for
-from report import write_sweep_report
+from evaluation.metrics import METRIC_NAMES
+from evaluation.report import write_sweep_report
 from utils.config import ConfigError
 from utils.files import atomic_write_json, atomic_write_text
-from utils.metrics import METRIC_NAMES
+from utils.known_datasets import ADER_UNIFIED, DATASETS, MVTEC_AD, OFFICIAL_EPOCHS, dataset_for
+from utils.runs import resume_keys, run_dir, saved_setting
 
 # state: done | failed | running | interrupted | other settings | not run; results: results.json (test.py), sweep:
 # sweep.json (scripts/sweep.py), each None where missing
@@ -107,7 +107,7 @@ def category_state(out_dir, category, requested, run=None):
 
 
 def ordered(names):
-    """The known dataset's order for its categories (known_datasets.py; MVTec AD: textures, then objects), then any others sorted."""
+    """The known dataset's order for its categories (utils/known_datasets.py; MVTec AD: textures, then objects), then any others sorted."""
     known = dataset_for(names)
     first = [c for c in known.categories if c in names] if known else []
     return first + sorted(set(names) - set(first))
@@ -342,7 +342,7 @@ def write_mean(run_folder, categories, same, extra=None):
 
 def find_evaluation(folder, checkpoint, image_size, map_mode):
     """(results, problem): results.json in folder if it is test.py's evaluation of this checkpoint at this image_size
-    and map_mode, else {}; problem says why it holds no image_f1_threshold (None when it does). test.py --images and
+    and map_mode, else {}; problem says why it holds no image_f1_threshold (None when it does). predict.py and
     export.py take the threshold and the heatmap range from it."""
     path = os.path.join(folder, "results.json")
     if not os.path.isfile(path):

@@ -1,5 +1,5 @@
 """
-The plots of an evaluation's report (report.py), drawn with matplotlib in a process of their own: the ROC,
+The plots of an evaluation's report (evaluation/report.py), drawn with matplotlib in a process of their own: the ROC,
 precision-recall and PRO curves, the image scores per test folder, the training loss.
 
 test.py starts that process (Plotter) before it imports torch, so that matplotlib's import and its first drawing
@@ -7,7 +7,7 @@ test.py starts that process (Plotter) before it imports torch, so that matplotli
 thread would not hide them: an import holds Python's global lock. The plots are then drawn while test.py draws the
 gallery.
 
-    plotter = Plotter()                                    # starts `python plots.py`
+    plotter = Plotter()                                    # starts `python evaluation/plots.py`
     plotter.draw("loss", "report/loss.png", epochs=[1, 2], losses=[0.31, 0.22])
     plotter.wait()                                         # every plot asked for is on disk (or an error is raised)
     plotter.close()
@@ -19,6 +19,7 @@ plot back on its stdout ({} when written, else what went wrong). The process end
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def new_figure(width, height, margins):
 
 def curves_figure(curves, metrics):
     """ROC, precision-recall and PRO (up to FPR 0.3) curves, image and pixel level side by side. curves:
-    utils.metrics.metrics_and_curves's (curves.json); metrics: its AUROCs, APs and AUPRO, for the legends."""
+    evaluation.metrics.metrics_and_curves's (curves.json); metrics: its AUROCs, APs and AUPRO, for the legends."""
     figure = new_figure(13, 3.8, (0.6, 0.55, 0.15, 0.35))
     roc, pr, pro = figure.subplots(1, 3, gridspec_kw={"wspace": 0.25})
     for level, color in (("image", "C0"), ("pixel", "C1")):
@@ -136,12 +137,16 @@ def serve(requests, answers):
 
 
 class Plotter:
-    """A `python plots.py` process: draw() asks it for a plot, wait() returns when every plot asked for is
+    """A `python evaluation/plots.py` process: draw() asks it for a plot, wait() returns when every plot asked for is
     written, or raises the first error: OSError for a file it could not write, ConfigError when matplotlib is
     not installed, else RuntimeError."""
 
     def __init__(self):
-        self.process = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # -m with the project's root on the path: the process imports utils/ as the commands do
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen([sys.executable, "-m", "evaluation.plots"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
         self.pending = 0
 
     def draw(self, figure, path, **args):

@@ -1,11 +1,11 @@
 """
 HTML reports of what the model decided: one per evaluation, one per folder of scored images, one per sweep. A
 report opens from the file system, offline (no server, nothing fetched from the network): one HTML file with its
-style inline, and its pictures in a folder beside it (plots as PNG, drawn with matplotlib by plots.py's process,
+style inline, and its pictures in a folder beside it (plots as PNG, drawn with matplotlib by evaluation/plots.py's process,
 image strips as JPEG).
 
     test.py                  -> <out_dir>/<category>/report.html + report/    (write_evaluation_report)
-    test.py --images=DIR     -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
+    predict.py --images=DIR     -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
     scripts/sweep.py         -> <out_dir>/report.html, its tables linking to each category's report (write_sweep_report)
 
 An evaluation report holds: the metrics with one-line definitions; the threshold used and why, with what it gives
@@ -16,7 +16,7 @@ threshold; the training loss per epoch (loss.csv beside the checkpoint: epoch,lo
 every test image as input | ground truth | heatmap with its score, the mistakes at the threshold first (missed
 defects, then false alarms), then by score, each thumbnail opening its full-size strip.
 
-Size: a thumbnail is THUMB_HEIGHT pixels high, a full-size strip is the image size high (utils/visualize.py's
+Size: a thumbnail is THUMB_HEIGHT pixels high, a full-size strip is the image size high (evaluation/visualize.py's
 strips), both JPEG at JPEG_QUALITY. MVTec AD's largest test set (pill, 167 images at 256x256) makes a report of
 about 11 MB: a photograph's strip takes about 56 kB full-size and 11 kB as a thumbnail (measured on matplotlib's
 sample photograph), plus about 100 kB of plots; even pure noise, the worst case for JPEG, stays under 30 MB
@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from plots import fmt
+from evaluation.plots import fmt
+from evaluation.visualize import evaluation_strip, prediction_strip
 from utils.files import UMASK, atomic_write_text
-from utils.visualize import evaluation_strip, prediction_strip
 
 THUMB_HEIGHT = 96  # pixels of a gallery thumbnail (a strip of 3 panels: 288 x 96)
 JPEG_QUALITY = 88
@@ -111,7 +111,7 @@ class PictureFolder:
         return f"{FOLDER}/{file_name}"
 
     def plot(self, plotter, figure, file_name, **args):
-        """Ask plotter (plots.Plotter) to draw a plot into this folder; returns its path relative to the report's folder."""
+        """Ask plotter (evaluation.plots.Plotter) to draw a plot into this folder; returns its path relative to the report's folder."""
         plotter.draw(figure, os.path.join(self.tmp, file_name), **args)
         return f"{FOLDER}/{file_name}"
 
@@ -190,8 +190,8 @@ def threshold_html(threshold, labels=None, scores=None):
         return f'<p class="threshold">No threshold: {html.escape(threshold.source)}.</p>'
     text = (f'<p class="threshold">Threshold <b data-threshold="{threshold.value!r}">{threshold.value:.6f}</b> '
             f"(an image is anomalous when its score is at or above it).<br>Source: {html.escape(threshold.source)}. "
-            "Which one is used: --threshold (test.py --images) if given, else threshold.json beside the checkpoint "
-            "(test.py --good_images), else the F1-max threshold of the evaluation.")
+            "Which one is used: --threshold (predict.py) if given, else threshold.json beside the checkpoint "
+            "(calibrate.py), else the F1-max threshold of the evaluation.")
     if labels is not None:
         labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores)
         flagged = scores >= threshold.value
@@ -220,12 +220,13 @@ def per_type_rows(types, scores, threshold):
     return rows
 
 
-def write_evaluation_report(folder, results, curves, images, masks, maps, paths, labels, scores, threshold, loss_csv, plotter):
+def write_evaluation_report(folder, results, curves, test_set, maps, scores, *, threshold, loss_csv, plotter):
     """folder/report.html + folder/report/ for an evaluation (test.py). results: results.json's dict; curves:
-    utils.metrics.metrics_and_curves's; images (N,3,S,S) uint8, masks (N,S,S) bool or None, maps (N,S,S),
-    paths 'test/<type>/<file>', labels (N,) 0/1, scores (N,); threshold: threshold.Choice; loss_csv: the path of
-    train.py's loss.csv (it may not exist); plotter: a plots.Plotter, which draws the plots while this process
-    draws the gallery. Returns the path of report.html."""
+    evaluation.metrics.metrics_and_curves's; test_set: dataset.load_test_set's (images (N,3,S,S) uint8, masks
+    (N,S,S) bool or None, labels (N,) 0/1, paths 'test/<type>/<file>'); maps (N,S,S), scores (N,); threshold:
+    threshold.Choice; loss_csv: the path of train.py's loss.csv (it may not exist); plotter: a plots.Plotter, which
+    draws the plots while this process draws the gallery. Returns the path of report.html."""
+    images, masks, labels, paths = test_set
     labels, scores = np.asarray(labels).astype(int).tolist(), np.asarray(scores, dtype=np.float64).tolist()
     types = [os.path.basename(os.path.dirname(p)) for p in paths]
     pictures = PictureFolder(folder)
@@ -294,7 +295,7 @@ def write_evaluation_report(folder, results, curves, images, masks, maps, paths,
 
 
 def write_prediction_report(folder, scored_folder, paths, strip_files, scores, threshold):
-    """folder/report.html + folder/report/ for the images at paths in scored_folder (test.py --images): the gallery,
+    """folder/report.html + folder/report/ for the images at paths in scored_folder (predict.py): the gallery,
     highest score first, each thumbnail made from and opening the full-size strip already written (strip_files,
     relative to folder); threshold: threshold.Choice. Returns the path of report.html."""
     scores = np.asarray(scores, dtype=np.float64).tolist()
@@ -314,7 +315,7 @@ def write_prediction_report(folder, scored_folder, paths, strip_files, scores, t
     n_anomalous = sum(s >= threshold.value for s in scores)
     body = [
         f"<h1>Scored images: {html.escape(scored_folder)}</h1>",
-        f'<p class="note">Written by test.py --images at {datetime.now():%Y-%m-%d %H:%M:%S} beside scores.csv.</p>',
+        f'<p class="note">Written by predict.py at {datetime.now():%Y-%m-%d %H:%M:%S} beside scores.csv.</p>',
         threshold_html(threshold),
         f"<p><b>{n_anomalous} of {len(paths)}</b> images anomalous.</p>",
         f"<h2>Gallery: all {len(paths)} images</h2>",

@@ -15,7 +15,7 @@ and the ADer benchmark's (zhangzjn/ADer, util/metric.py at 902937a; its unified-
                    pixel_f1_21 and pixel_aupro (ADer's mAD)
 plus `undefined`, which maps each metric that came back as None to the reason.
 metrics_and_curves(...) also returns the curves these numbers are read off (ROC, precision-recall, PRO up to
-FPR 0.3), image level in full and pixel level downsampled to CURVE_POINTS vertices, for plots (report.py).
+FPR 0.3), image level in full and pixel level downsampled to CURVE_POINTS vertices, for plots (evaluation/report.py).
 
 ADer's image metrics are sklearn's, as ours. Its pixel AUROC, AP and AUPRO come from the
 ADEval package, binned into 50 strips between the maps' min and max: close to, not equal
@@ -31,7 +31,7 @@ off it with binary searches and cumulative sums; ADer's two count the pixels bet
 thresholds in one chunked pass: no Python loop over thresholds or pixels.
 
 Usage:
-    from utils.metrics import compute_metrics, metrics_and_curves
+    from evaluation.metrics import compute_metrics, metrics_and_curves
     metrics = compute_metrics(image_scores, image_labels, maps, masks)  # numpy or torch
     metrics, curves = metrics_and_curves(image_scores, image_labels, maps, masks)
 Tests against slow references: python -m pytest -q tests/test_metrics.py
@@ -303,7 +303,7 @@ def metrics_and_curves(image_scores, image_labels, maps, masks):
     curves: {"image_roc": {"fpr", "tpr"}, "image_pr": {"recall", "precision"}, "pixel_roc", "pixel_pr",
     "pixel_pro": {"fpr", "pro"}}, lists of floats, None where the metric is undefined. Image curves
     hold every vertex (their trapezoid area is image_auroc); pixel curves at most CURVE_POINTS vertices
-    (utils.metrics.downsample), so their areas are close to, not equal to, the metrics: those are computed exactly.
+    (evaluation.metrics.downsample), so their areas are close to, not equal to, the metrics: those are computed exactly.
     pixel_pro runs from FPR 0 to MAX_FPR, the part of the curve pixel_aupro integrates.
     """
     image_scores = _as_scores(image_scores, "image_scores").ravel()

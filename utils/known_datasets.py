@@ -1,10 +1,10 @@
 """
 The anomaly-detection datasets this project knows, all in the MVTec AD layout (scripts/prepare_dataset.py converts
 the others): each one's categories in its authors' order, and the numbers published for RD / RD++ on it, each with
-its source. results.py puts them under our own rows in results.md; scripts/sweep.py runs these categories when no
+its source. evaluation/results.py puts them under our own rows in results.md; scripts/sweep.py runs these categories when no
 --categories is given; train.py --official_epochs=1 reads RD++'s epochs per MVTec AD category here.
 
-    from known_datasets import dataset_for
+    from utils.known_datasets import dataset_for
     dataset = dataset_for(["pcb1", "candle"])  # the DATASETS entry holding most of these names, or None
     dataset.categories                         # ('candle', 'capsules', ...): VisA's order
 
@@ -101,7 +101,7 @@ DATASETS = {
 
 # ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a, 2025-01-29): RD and RD++
 # as ONE model of all a dataset's categories (the unified setting), 100 epochs at 256x256, the means over the
-# categories in %: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD. results.py shows them under a
+# categories in %: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD. evaluation/results.py shows them under a
 # unified run's rows when its categories are all of the dataset.
 ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "pixel_iou_max", "mad")
 ADER_SOURCE = "ADer's benchmark of the unified setting (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a)"

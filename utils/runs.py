@@ -1,38 +1,28 @@
 """
-Checkpoints and run folders: where a run's files live, writing checkpoints in the background, loading them, the
-method and settings a checkpoint implies, and building its networks for scoring. train.py, test.py, export.py,
-scripts/sweep.py and the benchmarks call it; every function takes what it needs as arguments.
+Run folders and what train.py writes into them: where a run's files live (run_dir, ckpt_path, category_folder),
+checkpoints written in the background (CheckpointWriter), the loss of every epoch (LossLog, loss.csv), and which
+settings a resumed run must share with its checkpoint (resume_keys, saved_setting). Loading a checkpoint and
+building its networks is model/checkpoint.py's.
 
-    folder = run_dir("runs", "bottle")                     # runs/bottle: checkpoint.pth, config.json, loss.csv, ...
+    folder = run_dir("runs", "bottle")                       # runs/bottle: checkpoint.pth, config.json, loss.csv, ...
     folder = run_dir("runs", run_name(["bottle", "cable"]))  # runs/bottle+cable: one model of both (the unified setting)
-    ckpt = load_checkpoint(ckpt_path("runs", "bottle"))     # {'bn', 'decoder', RD++ 'proj', ours 'config', ...}
-    settings = resolve_settings(ckpt, path, {"data_root": "", "category": "", ...})   # what was not given, from the checkpoint
-    network = load_network(ckpt, settings, torch.device("cpu"), path)  # teacher + student, BatchNorms folded
-
-A checkpoint is {'bn', 'decoder'} state dicts (the official names), RD++ also 'proj'; ours add 'optimizer', 'epoch',
-'step' and 'config' (train.py's settings). Checkpoints are written by CheckpointWriter in a background thread
-(utils.io.save_checkpoint: atomically) and loaded with utils.io.safe_load (weights_only=True).
+    writer = CheckpointWriter(); writer.write(ckpt_path("runs", "bottle"), state); writer.wait()
 
 A run's folder is <out_dir>/<run name>: the category of a one-category model; for a model of several categories
 (train.py --categories=...) run_name of them, its config "categories" the sorted list and "category" "", each
 category's evaluation in <out_dir>/<run name>/<category>/ (category_folder) and their mean beside the checkpoint.
+Checkpoints are written atomically by utils.io.save_checkpoint.
 """
 
-import functools
 import hashlib
 import os
 import threading
 
 import torch
 
-from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
-from model.scoring import inference_network
-from utils.config import ConfigError
 from utils.files import atomic_write_text
-from utils.io import safe_load, save_checkpoint
+from utils.io import save_checkpoint
 
-# what an official checkpoint, which carries no config, was trained with
-OFFICIAL_CONFIG = {"backbone": "wide_resnet50_2", "image_size": 256, "weights": "imagenet", "seed": 0, "out_dir": "runs"}
 # a resumed run must have been trained with the same values of these (RD++ also of RDPP_RESUME_KEYS); the sweep
 # counts a result as done when it was trained with the requested values of them, epochs and method
 RESUME_KEYS = ("category", "categories", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed",
@@ -41,8 +31,6 @@ RDPP_RESUME_KEYS = ("proj_lr", "weight_proj", "step_every", "accumulate", "ssot"
 # what checkpoints written before a resume key existed were trained with (categories: [their category], saved_setting)
 LEGACY_VALUES = {"accumulate": False, "lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False}
 MAX_RUN_NAME = 64
-# the settings test.py and export.py take from the checkpoint when they are not given
-CHECKPOINT_SETTINGS = ("data_root", "category", "out_dir", "weights", "backbone", "image_size")
 
 
 def run_name(categories):
@@ -165,70 +153,3 @@ class CheckpointWriter:
             self.thread.join()
             self.thread = None
         self.check()
-
-
-def load_checkpoint(path, device="cpu"):
-    """A checkpoint of train.py or the official code ({'bn', 'decoder'} state dicts, RD++ also 'proj', maybe 'config'), loaded
-    with safe_load: a file that would run code while unpickling is refused instead of executed."""
-    checkpoint = safe_load(path, "checkpoint", device)
-    if not isinstance(checkpoint, dict) or not all(isinstance(checkpoint.get(k), dict) for k in ("bn", "decoder")):
-        raise ConfigError(f"checkpoint={path}: not a Reverse Distillation checkpoint (expected the state dicts 'bn' and 'decoder')")
-    if not isinstance(checkpoint.get("proj", {}), dict):
-        raise ConfigError(f"checkpoint={path}: its 'proj' is a {type(checkpoint['proj']).__name__}, expected RD++'s projection-layer state dict")
-    if not isinstance(checkpoint.get("config", {}), dict):
-        raise ConfigError(f"checkpoint={path}: its 'config' is a {type(checkpoint['config']).__name__}, expected the dict train.py saves")
-    return checkpoint
-
-
-def checkpoint_method(ckpt, path):
-    """'rd++' for a checkpoint with RD++'s projection layer ('proj'), else 'rd'; the config, where there is one, must agree."""
-    method = "rd++" if "proj" in ckpt else "rd"
-    trained = ckpt.get("config", {}).get("method", method)
-    if trained != method:
-        raise ConfigError(f"checkpoint={path}: its config says method={trained}, but it {'has' if method == 'rd++' else 'lacks'} RD++'s projection layer 'proj'")
-    return method
-
-
-def resolve_settings(ckpt, path, given, need_data_root=True):
-    """The settings to score the checkpoint at `path` with: each of CHECKPOINT_SETTINGS from `given` (the command
-    line's, '' or 0 when not given) where the checkpoint has none; where it has one, they must agree with it
-    (backbone, image_size) or take its place. Plus its seed, method and `categories` (those it was trained on);
-    `category` is the one to score, "" for all of a unified model's. need_data_root=False: scoring a folder of new
-    images needs no data_root."""
-    trained = ckpt.get("config", OFFICIAL_CONFIG)
-    settings = {}
-    for name in (n for n in CHECKPOINT_SETTINGS if n != "category"):
-        value, saved = given.get(name), trained.get(name)
-        if name in ("backbone", "image_size") and value and "config" in ckpt and value != saved:
-            raise ConfigError(f"--{name}={value}: {path} was trained with {name}={saved}")
-        settings[name] = value or saved
-        if not settings[name] and (name != "data_root" or need_data_root):
-            raise ConfigError(f"--{name} is required: {path} does not say which {name} it was trained on")
-    # the categories it was trained on: a unified checkpoint lists them, a one-category one names its category
-    settings["categories"] = trained.get("categories") or [c for c in [trained.get("category") or given.get("category")] if c]
-    if not settings["categories"]:
-        raise ConfigError(f"--category is required: {path} does not say which category it was trained on")
-    unified = len(settings["categories"]) > 1
-    if unified and given.get("category") and given["category"] not in settings["categories"]:
-        raise ConfigError(f"--category={given['category']}: {path} was trained on {', '.join(settings['categories'])}, not on it")
-    # a one-category model may be scored on another category; "" for a unified one without --category: all of them
-    settings["category"] = given.get("category") or ("" if unified else settings["categories"][0])
-    settings["seed"] = trained.get("seed", 0)
-    settings["method"] = checkpoint_method(ckpt, path)
-    return settings
-
-
-def load_network(ckpt, settings, device, path):
-    """The checkpoint's teacher + student as one network for scoring (model.scoring.inference_network);
-    with RD++'s projection layer when the checkpoint has one ('proj'), loaded as strictly as the rest."""
-    encoder = build_encoder(settings["backbone"], settings["weights"], settings["seed"])
-    # official checkpoints of some categories carry extra 'memory' keys that no model uses
-    bn_state = {k: v for k, v in ckpt["bn"].items() if "memory" not in k}
-    try:  # built straight from the checkpoint's tensors, without a random initialisation first
-        ocbe = build_loaded(functools.partial(OCBE, settings["backbone"]), bn_state)
-        decoder = build_loaded(functools.partial(Decoder, settings["backbone"]), ckpt["decoder"])
-        proj = build_loaded(functools.partial(MultiProjection, settings["backbone"]), ckpt["proj"]) if "proj" in ckpt else None
-    except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line or "Unexpected" in line), "")
-        raise ConfigError(f"checkpoint={path}: does not fit backbone={settings['backbone']} ({detail[:200]})") from None
-    return inference_network(encoder, ocbe, decoder, proj).to(device)

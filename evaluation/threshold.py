@@ -2,10 +2,10 @@
 The decision threshold on image scores (a score >= threshold is anomalous): calibrated on good images alone,
 and which threshold a run uses.
 
-    $ python test.py --checkpoint=runs/bottle/checkpoint.pth --good_images=data/bottle_good --false_alarm_rate=0.01
-    # -> runs/bottle/threshold.json beside the checkpoint; test.py --images and export.py then use it
+    $ python calibrate.py --checkpoint=runs/bottle/checkpoint.pth --good_images=data/bottle_good --false_alarm_rate=0.01
+    # -> runs/bottle/threshold.json beside the checkpoint; predict.py and export.py then use it
 
-    from threshold import false_alarm_threshold
+    from evaluation.threshold import false_alarm_threshold
     value, allowed = false_alarm_threshold(scores, rate=0.05)   # at most 5% of `scores` are >= value
 
 The rule (false_alarm_threshold), for the scores of N good images the model did not train on and a false-alarm
@@ -39,8 +39,9 @@ METHOD = ("k = floor(false_alarm_rate * n_images) images may score at or above t
           "between the (k+1)-th largest score of the good images and the next larger distinct score, so exactly "
           "the images scoring above the (k+1)-th largest are at or above it (k, fewer on ties)")
 
-# value: the threshold (None when there is none); source: where it comes from, in words
-Choice = namedtuple("Choice", "value source")
+# value: the threshold (None when there is none); source: where it comes from, in words; calibration: threshold.json's
+# record (load_calibration) when the threshold is its, else None
+Choice = namedtuple("Choice", "value source calibration")
 
 
 def min_images(rate):
@@ -110,7 +111,7 @@ def load_calibration(checkpoint, image_size, map_mode):
             record = json.load(f)
         value = float(record["threshold"])
     except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path}: not a threshold file written by test.py --good_images; delete it or calibrate again") from None
+        raise ConfigError(f"{path}: not a threshold file written by calibrate.py; delete it or calibrate again") from None
     if record.get("image_size") != image_size or record.get("map_mode") != map_mode:
         return None, (f"{path} was calibrated at image_size={record.get('image_size')}, map_mode={record.get('map_mode')}, "
                       f"not {image_size}, {map_mode}")
@@ -126,14 +127,19 @@ def describe_calibration(record):
             f"{record['date']}")
 
 
-def choose_threshold(given, calibration, evaluation):
-    """The Choice of threshold: `given` (--threshold) if not None, else the calibration record's (load_calibration),
-    else the evaluation's image_f1_threshold (results.json as a dict), else Choice(None, why there is none)."""
+def choose_threshold(given, checkpoint, image_size, map_mode, evaluation):
+    """The Choice of threshold for scoring with `checkpoint` at image_size and map_mode: `given` (--threshold) if not
+    None, else threshold.json beside the checkpoint where it applies (printing a note where one exists but does not),
+    else the image_f1_threshold of `evaluation` (results.json as a dict, {} for none), else Choice(None, why there is
+    none, None). test.py, predict.py and export.py all choose with it."""
     if given is not None:
-        return Choice(float(given), "--threshold")
+        return Choice(float(given), "--threshold", None)
+    calibration, note = load_calibration(checkpoint, image_size, map_mode)
+    if note:
+        print(f"note: {note}")
     if calibration:
-        return Choice(calibration["threshold"], describe_calibration(calibration))
+        return Choice(calibration["threshold"], describe_calibration(calibration), calibration)
     if evaluation.get("image_f1_threshold") is not None:
         return Choice(evaluation["image_f1_threshold"], "image_f1_threshold of results.json: the F1-max threshold of the "
-                      "labelled test set (picked with its labels, so optimistic; calibrate one with --good_images)")
-    return Choice(None, "no --threshold, no threshold.json and no image_f1_threshold in results.json")
+                      "labelled test set (picked with its labels, so optimistic; calibrate one with calibrate.py)", None)
+    return Choice(None, "no --threshold, no threshold.json and no image_f1_threshold in results.json", None)

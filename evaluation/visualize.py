@@ -2,7 +2,7 @@
 Picture strips of anomaly maps, drawn with numpy and PIL only (no matplotlib, no torch: scripts/predict_onnx.py
 draws its strips with it where only numpy and PIL are installed).
 
-    from utils.visualize import evaluation_strip, prediction_strip, save_png
+    from evaluation.visualize import evaluation_strip, prediction_strip, save_png
     strip = evaluation_strip(image, mask, amap, score, heat_range=(lo, hi), threshold=0.41)
     save_png("runs/bottle/images/broken_large_000.png", strip)
 
@@ -82,7 +82,7 @@ def save_png(path, picture):
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
 
 
-def save_prediction_strips(folder, paths, images, maps, scores, heat_range, threshold):
+def save_prediction_strips(folder, paths, images, maps, scores, *, heat_range, threshold):
     """A prediction_strip per scored image, <folder>/<its file name>.png (.png added to other names): test.py
     --images=DIR and scripts/predict_onnx.py. images (N,3,S,S) uint8, maps (N,S,S), scores N floats.
     Returns the strips' file names."""
