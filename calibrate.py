@@ -21,7 +21,7 @@ from dataset import image_folder, load_images
 from evaluation.threshold import FILE_NAME, calibration_path, calibration_record, min_images
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.scoring import check_scoring, predict
-from utils.config import ConfigError, apply_overrides, run_cli
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import atomic_write_json, check_outputs
 from utils.seeding import resolve_device
 
@@ -40,7 +40,7 @@ amp = False  # bf16 autocast for the networks; maps stay float32
 compile = False  # torch.compile the scoring (weights frozen): faster per image after a one-off compile (~15 s on CPU)
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 
 
 def main():

@@ -42,7 +42,7 @@ from evaluation.threshold import choose_threshold
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.onnx_export import ImageScorer, export_onnx, import_deploy_packages, openvino_scores, quantize_openvino, write_openvino
 from model.scoring import check_scoring, predict
-from utils.config import ConfigError, apply_overrides, run_cli
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import atomic_write, check_outputs, first_line
 from utils.runs import category_folder
 from utils.runtimes import FORMAT, SCORE_TOLERANCE
@@ -61,7 +61,7 @@ int8 = False  # also write <out without .onnx>_int8.xml/.bin: OpenVINO int8, cal
 calibration_images = 300  # --int8: at most this many training images calibrate the quantisation (NNCF's default)
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 
 METADATA = {  # key: meaning; every value is a string
     "format": f"always {FORMAT}: the graph's inputs, outputs and metadata are the ones described here",

@@ -31,7 +31,7 @@ from evaluation.threshold import FILE_NAME, choose_threshold
 from evaluation.visualize import save_prediction_strips
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.scoring import check_scoring, predict
-from utils.config import ConfigError, apply_overrides, run_cli
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import check_outputs, write_csv
 from utils.runs import category_folder
 from utils.seeding import resolve_device
@@ -53,7 +53,7 @@ compile = False  # torch.compile the scoring (weights frozen): faster per image 
 report = True  # write predict/report.html (+ its pictures) beside predict/scores.csv
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 
 
 def score_folder(args, ckpt, settings, paths, dev):

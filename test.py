@@ -56,7 +56,7 @@ from evaluation.threshold import choose_threshold
 from evaluation.visualize import evaluation_strip, prediction_strip, save_png
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.scoring import check_scoring, predict
-from utils.config import ConfigError, apply_overrides, run_cli
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import atomic_write_json, atomic_write_text, check_outputs, write_csv
 from utils.runs import LOSS_CSV, category_folder, run_dir, run_name
 from utils.seeding import describe_device, resolve_device
@@ -78,7 +78,7 @@ save_images = 0  # picture strips of up to this many test images per defect type
 report = True  # write report.html (+ its pictures) beside results.json
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 # test.py's settings that became commands of their own
 MOVED = {name: f"scoring a folder of new images is a command of its own: python predict.py --checkpoint=CHECKPOINT --images=DIR"
          for name in ("images", "threshold")}

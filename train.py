@@ -44,7 +44,7 @@ from model.losses import batch_loss
 from model.projection import ProjectedStudent
 from model.protocols import apply_protocol, check_config
 from model.pseudo_anomalies import SimplexPatches, step_generator
-from utils.config import ConfigError, apply_overrides, run_cli
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import atomic_write_json, check_outputs
 from utils.image_store import default_cache_dir
 from utils.known_datasets import OFFICIAL_EPOCHS
@@ -89,7 +89,7 @@ resume = False  # continue from the run's checkpoint.pth if it exists
 overwrite = False  # replace an existing run's checkpoint instead of refusing
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 
 def setup_distributed(device):
     """(rank, world_size, device) under torchrun (RANK/WORLD_SIZE set), else (0, 1, the `device` setting's device)."""

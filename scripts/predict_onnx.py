@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation.visualize import save_prediction_strips  # noqa: E402
-from utils.config import ConfigError, apply_overrides, run_cli  # noqa: E402
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
 from utils.files import check_outputs, write_csv  # noqa: E402
 from utils.images import IMAGE_EXTENSIONS, list_images, read_images  # noqa: E402
 from utils.runtimes import RUNTIMES, SCORE_TOLERANCE, load_exported  # noqa: E402
@@ -39,7 +39,7 @@ batch_size = 8  # images per call of the runtime; does not change any score
 threads = 0  # 0: the runtime's default (one per core)
 debug = False  # show Python tracebacks for user errors
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith("_") and k.islower() and isinstance(v, (int, float, bool, str, tuple, type(None)))]
+config_keys = list(script_settings(__file__))  # the names of the settings above: what --name=value may set
 
 
 def main():

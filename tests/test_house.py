@@ -6,6 +6,7 @@ map in docs/method.md names every .py file, no module imports a script, function
 import ast
 import os
 import re
+import runpy
 
 import pytest
 
@@ -118,3 +119,12 @@ def test_only_main_reads_the_settings(path):
             if globals_read:
                 readers.append(f"{node.name} reads {sorted(globals_read)}")
     assert not readers, f"{path}: " + "; ".join(readers)
+
+
+@pytest.mark.parametrize("path", [p for p in scripts() if "apply_overrides(globals()" in open(os.path.join(ROOT, p)).read()])
+def test_every_setting_can_be_given(path):
+    """What --name=value may set (config_keys, the sweep's sweep_keys) is the settings block, whatever the defaults'
+    types (None too), and nothing else the module defines (test.py's plots process)."""
+    names = runpy.run_path(os.path.join(ROOT, path), run_name="imported")
+    keys = names.get("config_keys", names.get("sweep_keys"))
+    assert sorted(keys) == sorted(script_settings(os.path.join(ROOT, path)))

@@ -460,3 +460,20 @@ def test_curves_undefined_without_masks():
     metrics, curves = metrics_and_curves(scores, labels, maps, None)
     assert curves["image_roc"] and curves["pixel_roc"] is curves["pixel_pr"] is curves["pixel_pro"] is None
     assert metrics == compute_metrics(scores, labels, maps, None)
+
+
+def test_reference_rows_are_metrics_we_compute_with_their_definition():
+    """Each published row's keys are metrics this project computes; ADer's P-F1-max, over 21 thresholds of the
+    min-max normalised maps, sits under pixel_f1_21 (its definition), never under pixel_f1 (every threshold); the
+    unified setting's ADer rows are the very rows among the datasets' references."""
+    from utils.known_datasets import ADER_SOURCE, ADER_UNIFIED, DATASETS
+
+    for dataset in DATASETS.values():
+        for reference in dataset.references:
+            assert set(reference.values) <= set(evaluation.metrics.METRIC_NAMES), (dataset.name, reference.label)
+            if reference.source.startswith(ADER_SOURCE):
+                assert "pixel_f1_21" in reference.values and "pixel_f1" not in reference.values, reference.label
+    assert len(ADER_UNIFIED) == 2 * sum(any(r.source.startswith(ADER_SOURCE) for r in d.references) for d in DATASETS.values())
+    for (name, method), reference in ADER_UNIFIED.items():
+        assert reference in DATASETS[name].references and reference.label.startswith({"rd": "RD,", "rd++": "RD++,"}[method])
+        assert "pixel_f1" not in reference.values and reference.values["pixel_f1_21"] > 0

@@ -1,6 +1,7 @@
 """
 `--name=value` command-line overrides of a script's module-level settings, nanoGPT style but as a function.
 
+    config_keys = list(script_settings(__file__))   # the names of a script's settings block
     apply_overrides(globals(), sys.argv[1:], config_keys)
     defaults = script_settings("train.py")  # {name: default} of a script's settings, read without running it
 
@@ -68,8 +69,8 @@ def os_error_line(error):
 
 def script_settings(path):
     """{name: default} of the settings block of a script (the `name = literal  # comment` lines between its first
-    two `# ---` rulers), read from its source without importing it: scripts/sweep.py learns train.py's and
-    test.py's settings this way, with no script importing another."""
+    two `# ---` rulers), read from its source without importing it: each command's config_keys are its own block's
+    names, and scripts/sweep.py learns train.py's and test.py's settings this way, with no script importing another."""
     with open(path) as f:
         source = f.read()
     rulers = [i + 1 for i, line in enumerate(source.splitlines()) if line.startswith("# ---")][:2]

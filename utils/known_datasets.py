@@ -34,11 +34,24 @@ ADER_SOURCE = (f"ADer benchmark, configs/benchmark/README.md of github zhangzjn/
                "(scripts/compare_adeval.py measures the difference)")
 
 
-def ader_references(n_categories, rd, rdpp, note=""):
-    """ADer's RD and RD++ rows of a dataset from their published percentages, in ADER_COLUMNS order."""
+# The means over a dataset's categories in %, in ADER_COLUMNS order (I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max
+# over 21 thresholds, AUPRO, mIoU-max, mAD), RD then RD++, 256x256
+ADER_PERCENT = {
+    "mvtec_ad": ((93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2), (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2)),
+    "visa": ((90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9), (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7)),
+    "mvtec_3d": ((75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7), (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4)),
+    "mvtec_loco": ((74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6), (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2)),
+    "btad": ((94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2), (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3)),
+    "mpdd": ((91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0), (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3)),
+    "real_iad": ((82.7, 79.3, 74.1, 97.2, 25.2, 32.8, 90.0, 20.0, 68.8), (83.6, 80.6, 74.8, 97.7, 25.9, 33.6, 90.7, 20.5, 69.6)),
+}
+
+
+def ader_references(dataset, n_categories, note=""):
+    """ADer's RD and RD++ rows of a dataset (ADER_PERCENT's), keyed by ADER_COLUMNS."""
     return tuple(Reference(f"{method}, ADer benchmark: one model for all {n_categories} categories, 100 epochs",
                            dict(zip(ADER_COLUMNS, (p / 100 for p in percentages))), ADER_SOURCE + note)
-                 for method, percentages in (("RD", rd), ("RD++", rdpp)))
+                 for method, percentages in zip(("RD", "RD++"), ADER_PERCENT[dataset]))
 
 
 # MVTec AD's textures, then its objects, each alphabetically: the order of the MVTec AD paper's tables and of anomalib's
@@ -57,8 +70,7 @@ MVTEC_AD = Dataset("MVTec AD", ("carpet", "grid", "leather", "tile", "wood", "bo
     Reference("RD++ (CVPR 2023), 15-category mean, each category at its epoch of best test score",
               {"image_auroc": .9944, "pixel_auroc": .9825, "pixel_aupro": .9499},
               f"{RDPP_PAPER}: its MVTec AD means (image AUROC 99.44, pixel AUROC 98.25, AUPRO 94.99)"),
-    *ader_references(15, (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
-                     (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2)),
+    *ader_references("mvtec_ad", 15),
 ))
 VALIDATION_NOTE = "; ADer also trains on the validation images, which this project's conversion leaves out"
 
@@ -67,25 +79,20 @@ DATASETS = {
     # amazon-science/spot-diff prepare_data.py's data_list
     "visa": Dataset("VisA", ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
                              "pcb3", "pcb4", "pipe_fryum"),
-                    ader_references(12, (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
-                                    (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7))),
+                    ader_references("visa", 12)),
     "mvtec_3d": Dataset("MVTec 3D-AD (RGB)", ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach", "potato",
                                               "rope", "tire"),
-                        ader_references(10, (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
-                                        (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4), VALIDATION_NOTE)),
+                        ader_references("mvtec_3d", 10, VALIDATION_NOTE)),
     "mvtec_loco": Dataset("MVTec LOCO AD", ("breakfast_box", "juice_bottle", "pushpins", "screw_bag", "splicing_connectors"),
-                          ader_references(5, (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
-                                          (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2), VALIDATION_NOTE)),
+                          ader_references("mvtec_loco", 5, VALIDATION_NOTE)),
     "btad": Dataset("BTAD", ("01", "02", "03"), (
         Reference("RD++ (Tien et al., CVPR 2023), 3-category mean", {"image_auroc": .9563, "pixel_auroc": .9743},
                   f"{RDPP_PAPER}: its BTAD means (detection AUROC 95.63, segmentation AUROC 97.43) as listed with the paper "
                   "on paperswithcode.com/paper/revisiting-reverse-distillation-for-anomaly"),
-        *ader_references(3, (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
-                         (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3)),
+        *ader_references("btad", 3),
     )),
     "mpdd": Dataset("MPDD", ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
-                    ader_references(6, (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
-                                    (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3))),
+                    ader_references("mpdd", 6)),
     "mvtec_ad_2": Dataset("MVTec AD 2 (test_public)", ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial",
                                                        "wallplugs", "walnuts")),
     # github Tencent/AnomalyDetection_Real-IAD, experiments/RealIAD-C1/config.yaml at 98c28ff: its meta_file list
@@ -94,35 +101,13 @@ DATASETS = {
                                      "regulator", "rolled_strip_base", "sim_card_set", "switch", "tape", "terminalblock",
                                      "toothbrush", "toy", "toy_brick", "transistor1", "u_block", "usb", "usb_adaptor",
                                      "vcpill", "wooden_beads", "woodstick", "zipper"),
-                        ader_references(30, (82.7, 79.3, 74.1, 97.2, 25.2, 32.8, 90.0, 20.0, 68.8),
-                                        (83.6, 80.6, 74.8, 97.7, 25.9, 33.6, 90.7, 20.5, 69.6),
-                                        "; Real-IAD with all five camera views, each an image (prepare_dataset --views=all)")),
+                        ader_references("real_iad", 30, "; Real-IAD with all five camera views, each an image (prepare_dataset --views=all)")),
 }
 
-# ADer's benchmark (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a, 2025-01-29): RD and RD++
-# as ONE model of all a dataset's categories (the unified setting), 100 epochs at 256x256, the means over the
-# categories in %: I-AUROC, I-AP, I-F1-max, P-AUROC, P-AP, P-F1-max, AUPRO, mIoU-max, mAD. evaluation/results.py shows them under a
-# unified run's rows when its categories are all of the dataset.
-ADER_COLUMNS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "pixel_iou_max", "mad")
-ADER_SOURCE = "ADer's benchmark of the unified setting (github.com/zhangzjn/ADer, configs/benchmark/README.md at commit 902937a)"
-ADER_UNIFIED = {
-    (dataset, method): Reference(f"ADer benchmark, {label}, one model of {DATASETS[dataset].name}, 100 epochs (mean)",
-                                 dict(zip(ADER_COLUMNS, (v / 100 for v in row))), ADER_SOURCE)
-    for (dataset, method, label), row in {
-        ("mvtec_ad", "rd", "RD"): (93.6, 97.2, 95.6, 95.8, 48.2, 53.6, 91.2, 37.0, 82.2),
-        ("mvtec_ad", "rd++", "RD++"): (97.9, 98.8, 96.4, 97.3, 54.7, 58.0, 93.2, 41.5, 85.2),
-        ("visa", "rd", "RD"): (90.6, 90.9, 89.3, 98.0, 35.4, 42.5, 91.9, 27.9, 76.9),
-        ("visa", "rd++", "RD++"): (93.9, 94.7, 90.2, 98.4, 42.3, 46.3, 91.9, 31.2, 79.7),
-        ("mvtec_3d", "rd", "RD"): (75.8, 91.2, 91.5, 98.4, 29.6, 35.5, 93.9, 22.2, 73.7),
-        ("mvtec_3d", "rd++", "RD++"): (81.8, 93.9, 92.8, 98.5, 34.4, 39.6, 94.1, 25.2, 76.4),
-        ("mvtec_loco", "rd", "RD"): (74.6, 85.3, 78.9, 70.7, 21.0, 26.1, 67.7, 15.8, 60.6),
-        ("mvtec_loco", "rd++", "RD++"): (76.4, 86.8, 79.2, 71.5, 24.3, 28.3, 68.8, 17.6, 62.2),
-        ("btad", "rd", "RD"): (94.4, 96.6, 94.0, 98.1, 59.6, 59.2, 80.7, 42.1, 83.2),
-        ("btad", "rd++", "RD++"): (94.6, 97.8, 94.1, 98.0, 59.6, 59.8, 79.0, 42.8, 83.3),
-        ("mpdd", "rd", "RD"): (91.3, 93.6, 91.8, 98.3, 40.4, 41.8, 95.5, 31.4, 79.0),
-        ("mpdd", "rd++", "RD++"): (90.2, 93.3, 90.5, 98.5, 43.0, 44.1, 95.5, 33.6, 79.3),
-    }.items()
-}
+# (dataset, method): ADer's published row of that dataset, the one ader_references put among its references; shown
+# under a unified run's rows when its categories are all of the dataset (evaluation/results.py)
+ADER_UNIFIED = {(name, method): reference for name, dataset in DATASETS.items()
+                for method, reference in zip(("rd", "rd++"), (r for r in dataset.references if r.source.startswith(ADER_SOURCE)))}
 
 # RD++'s official number of training epochs per MVTec AD category (its code, tientrandinh/Revisiting-Reverse-Distillation,
 # trains each category this long); train.py --official_epochs=1
