@@ -123,7 +123,7 @@ def quantize_openvino(onnx_path, calibration_images):
     """The ONNX model at onnx_path as an OpenVINO model quantised to int8 by NNCF post-training quantisation,
     calibrated on uint8 images (N,3,S,S).
 
-    Measured on the demo data (README, Deployment): activation ranges are the calibration images' extremes
+    Measured on the demo data (docs/deployment.md): activation ranges are the calibration images' extremes
     (NNCF's MINMAX), not their means, because anomalous images reach beyond the normal images' typical range
     and clipping them there erases the anomaly; the anomaly map's ops (from the cosine on) and the teacher's
     first stage stay float, the parts whose rounding moved the metrics most, at a few % of the arithmetic."""

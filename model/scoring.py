@@ -36,7 +36,7 @@ def inference_network(encoder, ocbe, decoder, proj=None):
     """A copy of the networks for scoring: the same function, computed faster. Every eval-mode
     BatchNorm is folded into the convolution before it (one pass over the feature map less per layer) and
     the weights are channels_last, oneDNN's preferred layout; together 6-13% less time per image on a CPU
-    (README, Speed; not measured on a GPU). The given modules are left as they are."""
+    (docs/speed.md; not measured on a GPU). The given modules are left as they are."""
     network = copy.deepcopy(TeacherStudent(encoder, ocbe, decoder, proj)).eval()
     network = fuse(network, inplace=True)  # a torch.fx graph module, BatchNorms folded
     return network.to(memory_format=torch.channels_last)

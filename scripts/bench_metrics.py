@@ -1,5 +1,5 @@
 """
-Benchmark utils/metrics.compute_metrics against sklearn's roc_auc_score on the same pixels.
+Benchmark evaluation/metrics.compute_metrics against sklearn's roc_auc_score on the same pixels.
 
 Random smooth maps with several elliptical/rectangular anomalous regions per image (about
 a third of the images normal), at MVTec-like test-set scale by default.

@@ -150,10 +150,10 @@ def test_metadata_carries_the_calibrated_threshold(trained, new_images, tmp_path
 
 def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(evaluated_export):
     """No rounding to int8 between the image and the teacher's first tap (its residual additions included),
-    nor from the cosine on: the ops that moved the demo's metrics most when quantised (README, Deployment)."""
+    nor from the cosine on: the ops that moved the demo's metrics most when quantised (docs/deployment.md)."""
     import openvino
 
-    from export import ancestors, anomaly_map_ops, cosine_inputs, teacher_first_stage_ops
+    from model.onnx_export import ancestors, anomaly_map_ops, cosine_inputs, teacher_first_stage_ops
 
     int8 = openvino.Core().read_model(str(evaluated_export[2] / "model_int8.xml"))
     fake_quantize = {op.get_friendly_name() for op in int8.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}

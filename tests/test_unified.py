@@ -24,6 +24,7 @@ from PIL import Image
 from torchvision import transforms
 
 import train
+from model.protocols import apply_protocol
 from conftest import ROOT, SMALL, make_category, run_script
 from model import OCBE, Decoder, build_encoder
 from model.checkpoint import load_checkpoint
@@ -66,21 +67,21 @@ def unified(data_root, tmp_path_factory):
 def test_ader_preset_and_the_command_line_over_it():
     settings = {k: getattr(train, k) for k in train.config_keys}
     settings.update(protocol="ader", method="rd", epochs=300)  # as apply_overrides leaves them for this command line
-    train.apply_protocol(settings, ["--protocol=ader", "--epochs=300"])
+    apply_protocol(settings, ["--protocol=ader", "--epochs=300"])
     assert (settings["epochs"], settings["batch_size"], settings["lr"], settings["betas"], settings["seed"]) == (300, 16, 0.005, (0.5, 0.999), 42)
     assert (settings["lr_decay"], settings["clip_grad"], settings["drop_last"], settings["image_size"]) == (0.8, 5.0, True, 256)
     rdpp = {k: getattr(train, k) for k in train.config_keys}
     rdpp.update(protocol="ader", method="rd++")
-    train.apply_protocol(rdpp, [])
+    apply_protocol(rdpp, [])
     # rdpp_trainer.py: proj_opt at cfg.optim.lr = 0.001, distill_opt at 5 x 0.001; the StepLR scheduler drives the
     # base trainer's own optimizer, which never steps, so RD++'s learning rates stay constant in ADer; its
     # backward_term zeroes both optimizers' gradients before each backward and steps when (iter + 1) % 2 == 0
     assert (rdpp["proj_lr"], rdpp["lr"], rdpp["lr_decay"], rdpp["clip_grad"], rdpp["epochs"]) == (0.001, 0.005, 0.0, 5.0, 100)
     assert (rdpp["step_every"], rdpp["accumulate"]) == (2, False)  # zero_grad before every backward, a step every 2nd
     official = {k: getattr(train, k) for k in train.config_keys}
-    train.apply_protocol(official, [])
+    apply_protocol(official, [])
     assert official == {k: getattr(train, k) for k in train.config_keys}  # official: the defaults as they are
-    assert ADER_COMMIT[:7] in open(os.path.join(ROOT, "train.py")).read()
+    assert ADER_COMMIT[:7] in open(os.path.join(ROOT, "model", "protocols.py")).read()
 
 
 def test_run_names():
