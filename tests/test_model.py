@@ -1,4 +1,5 @@
-"""Architecture against the official code (hq-deng/RD4AD): parameter counts, output shapes, official key names, a frozen teacher."""
+"""Architecture against the official code (hq-deng/RD4AD): parameter counts, output shapes, official key names, a frozen teacher.
+Counts, names and shapes are checked on the meta device: the modules are built and run without memory or arithmetic."""
 
 import pytest
 import torch
@@ -15,23 +16,30 @@ PARAMETER_COUNTS = {
 }
 
 
+@pytest.fixture
+def on_meta():
+    """Modules built in the test are on the meta device: shapes and names without memory or arithmetic."""
+    with torch.device("meta"):
+        yield
+
+
 def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
 @pytest.mark.parametrize("backbone", PARAMETER_COUNTS)
-def test_parameter_counts(backbone):
+def test_parameter_counts(on_meta, backbone):
     assert (count(OCBE(backbone)), count(Decoder(backbone))) == PARAMETER_COUNTS[backbone]
 
 
-def test_wide_resnet101_2_builds():
+def test_wide_resnet101_2_builds(on_meta):
     assert "wide_resnet101_2" in BACKBONES
     assert count(OCBE("wide_resnet101_2")) == PARAMETER_COUNTS["wide_resnet50_2"][0]  # same OCBE
     assert len(Decoder("wide_resnet101_2").layer3) == 23  # mirrors the teacher's 23-block layer3
 
 
 @pytest.mark.parametrize("backbone,channels", [("resnet18", (64, 128, 256)), ("wide_resnet50_2", (256, 512, 1024))])
-def test_shapes_at_256(backbone, channels):
+def test_shapes_at_256(on_meta, backbone, channels):
     encoder, ocbe, decoder = build_model(backbone, weights="none")
     ocbe.eval(), decoder.eval()
     with torch.no_grad():
@@ -44,7 +52,7 @@ def test_shapes_at_256(backbone, channels):
     assert tuple(z.shape) == (1, 2 * channels[2], 8, 8)
 
 
-def test_official_key_names():
+def test_official_key_names(on_meta):
     bn = OCBE("wide_resnet50_2").state_dict()
     decoder = Decoder("wide_resnet50_2").state_dict()
     for k in ("conv1.weight", "conv4.weight", "bn4.running_var", "bn_layer.0.downsample.0.weight",
