@@ -12,6 +12,7 @@ import traceback
 import warnings
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +46,15 @@ def run_script(*args, check=True, timeout=600):
     return result
 
 
-def run_main(script, *args):
-    """Run `python <script> <args>` in this process; a CompletedProcess with what the user would see: exit status,
-    stdout, and stderr with the warnings shown and, for an exception that escapes main, its traceback."""
+def run_main(script, *args, check=False):
+    """Run `python <script> <args>` in this process, as a user would run it but without a new Python and a new import
+    of torch (5-9 s each here); a CompletedProcess with what the user would see: exit status, stdout, and stderr with
+    the warnings shown and, for an exception that escapes main, its traceback. check: fail unless it exits 0. What a
+    script may change for the whole process (signal handlers, torch's deterministic mode) is put back afterwards."""
     out, err = io.StringIO(), io.StringIO()
     argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     sys.argv = [script, *args]
     code = 0
     try:
@@ -70,8 +75,70 @@ def run_main(script, *args):
         sys.argv = argv
         for s, handler in handlers.items():  # train.py installs its own: give Ctrl-C back to pytest
             signal.signal(s, handler)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # train.py --deterministic=1 sets them
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic[2:]
     shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
-    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), shown + err.getvalue())
+    result = subprocess.CompletedProcess([script, *args], code, out.getvalue(), shown + err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {code}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def assert_user_error(result, *names):
+    """Non-zero exit and exactly one line on stderr, 'error: ...', naming each of `names` (paths, settings)."""
+    assert result.returncode not in (0, None), result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under folder: equal before and after means nothing was written,
+    half-written, removed or left behind (a stray temporary file)."""
+    files = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as f:
+                files[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
+    return files
+
+
+def assert_same(a, b, where="checkpoint"):
+    """Bit-identical nested checkpoints: tensors by torch.equal, everything else by ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def sweep_command(*args):
+    return ["bash", os.path.join(ROOT, "scripts", "run_all_mvtec.sh"), *args]
+
+
+def run_sweep(*args, timeout=300):
+    env = dict(os.environ, PYTHON=sys.executable)
+    return subprocess.run(sweep_command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def table_row(results_md, table, label):
+    """The cells of the row starting with `label` in the markdown table under '## <table>'."""
+    section = results_md.split(f"## {table}\n", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no row {label!r} in the {table} table:\n{section}")
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +158,27 @@ def rdpp_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(data_root, tmp_path_factory):
-    """A checkpoint written by train.py on the generated data: (out_dir, checkpoint path)."""
+    """A checkpoint written by train.py on the generated data: (out_dir, checkpoint path). Shared by the whole session:
+    a test that needs a trained RD model reads this one and writes elsewhere."""
     out_dir = str(tmp_path_factory.mktemp("runs"))
-    run_script("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}",
-               "--epochs=2", "--batch_size=4", *SMALL)
+    run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={out_dir}", "--epochs=2", "--batch_size=4",
+             *SMALL, check=True)
     return out_dir, os.path.join(out_dir, "stripes", "checkpoint.pth")
+
+
+@pytest.fixture(scope="session")
+def evaluated(trained, tmp_path_factory):
+    """The trained checkpoint evaluated by test.py with 2 picture strips per defect type, in a run folder of its own
+    that holds the checkpoint (a hard link) and train.py's loss.csv: (run folder, test.py's CompletedProcess). The
+    category's files are in <run folder>/stripes/; predict.py and calibrate.py of <run folder>/checkpoint.pth find
+    this evaluation."""
+    out_dir, checkpoint = trained
+    run = tmp_path_factory.mktemp("evaluated")
+    os.link(checkpoint, run / "checkpoint.pth")
+    shutil.copy(os.path.join(os.path.dirname(checkpoint), "loss.csv"), run / "loss.csv")
+    result = run_main("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", "--save_images=2", "--device=cpu",
+                      check=True)
+    return run, result
 
 
 @pytest.fixture(scope="session")

@@ -89,6 +89,7 @@ def test_inference_network_computes_the_same_and_leaves_the_modules_alone():
         assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.slow  # torch.compile: a one-off compile of several seconds
 def test_compiled_scoring_equals_eager():
     """compile=True: frozen weights, one static shape (the last, smaller batch is padded), same maps."""
     torch.manual_seed(5)

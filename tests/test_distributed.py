@@ -1,5 +1,6 @@
 """
-Data-parallel training: `torchrun --nproc_per_node=2 train.py` on CPU (gloo) against an emulation of its two shards.
+Data-parallel training: `torchrun --nproc_per_node=2 train.py` on CPU (gloo) against an emulation of its two shards;
+and RD++ under torchrun and bf16 autocast. Every test here is slow (the whole suite runs them, the default run does not).
 
 On CPU torch's SyncBatchNorm does not run, so each process normalises with its own shard's batch statistics and the
 2-process run cannot equal the 1-process run on the same batches. What is exact: each step, shard r of the batch
@@ -10,22 +11,26 @@ statistics with the checkpoint, checks that both processes end with the same par
 single-process run is. RD++ sums two batches' gradients into each step: the first batch's backward runs under
 DDP's no_sync (one all-reduce per step), and the result is the same emulation's.
 
-Run: python -m pytest -q tests/test_distributed.py -s   (about 30 s on 2 CPU cores)
+Run: python -m pytest -q -m slow tests/test_distributed.py -s   (about a minute on 2 CPU cores)
 """
 
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import ROOT, SMALL, run_script
+from conftest import ROOT, SMALL, run_main
 from dataset import load_train_images
 from model import MultiProjection, build_model
+from model.checkpoint import load_checkpoint
 from model.encoder import normalize, teacher_features
 from model.losses import cosine_loss, projection_loss
 from model.projection import ProjectedStudent
 from model.pseudo_anomalies import SimplexPatches, step_generator
+
+pytestmark = pytest.mark.slow  # torchrun: three processes a test
 
 SEED, SIZE, WORLD_SIZE = 42, 64, 2
 
@@ -166,7 +171,7 @@ def test_torchrun_two_processes_equal_the_emulated_shards(data_root, tmp_path):
     # 8 images in batches of 5: two steps, shards of 3+2 then 2+1, so the shard weighting matters
     ddp, common, params = torchrun_matches_emulation(data_root, tmp_path, batch_size=5)
     single_dir = tmp_path / "single"
-    run_script("train.py", *common, f"--out_dir={single_dir}")
+    run_main("train.py", *common, f"--out_dir={single_dir}", check=True)
     single = torch.load(single_dir / "stripes" / "checkpoint.pth", weights_only=True)
     diff, where = max_abs_diff(ddp, {key: single[key[0]][key[1]] for key in params})
     # not asserted: per-shard BatchNorm statistics make this non-zero on CPU; on CUDA train.py uses SyncBatchNorm
@@ -206,3 +211,24 @@ def test_rdpp_sums_two_batches_in_one_all_reduce(rdpp_root, tmp_path):
         assert torch.allclose(ddp[key[0]][key[1]][well_conditioned], param[well_conditioned], atol=1e-5, rtol=0), key
     diff, where = max_abs_diff(ddp, rank0_buffers)
     assert diff < 1e-6, f"{where} differs by {diff:.2e} from rank 0's shard statistics"
+
+
+def test_torchrun_and_amp_train_rdpp(rdpp_root, tmp_path):
+    """Two processes (gloo) train RD++ and end with the same parameters, projection included; bf16 autocast trains
+    and the checkpoint scores."""
+    script, record_dir = tmp_path / "record_ranks.py", tmp_path / "ranks"
+    script.write_text(RECORD_RANKS)
+    record_dir.mkdir()
+    common = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=1", "--batch_size=3", "--method=rd++", "--backbone=resnet18",
+              "--image_size=96", "--weights=none", "--device=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, RECORD_DIR=str(record_dir))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                             *common, f"--out_dir={tmp_path / 'ddp'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(record_dir / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    assert "proj" in load_checkpoint(str(tmp_path / "ddp" / "stripes" / "checkpoint.pth"))
+
+    run_main("train.py", *common, f"--out_dir={tmp_path / 'amp'}", "--amp=1", check=True)
+    result = run_main("test.py", f"--checkpoint={tmp_path / 'amp' / 'stripes' / 'checkpoint.pth'}", "--amp=1", check=True)
+    assert "stripes (rd++)" in result.stdout

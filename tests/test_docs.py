@@ -1,7 +1,7 @@
 """
 The documentation cannot drift from the code: every command shown in README.md and docs/*.md is checked here.
 
-    $ python -m pytest -q tests/test_docs.py   (about 30 s on 2 CPU cores, most of it the quick commands)
+    $ python -m pytest -q -m "" tests/test_docs.py   (about 30 s on 2 CPU cores, most of it the quick commands, which are slow)
 
 What counts as a command: each line of a fenced ```bash block (a trailing backslash continues it, `#` starts a
 comment), and each inline code span that starts with python, bash, torchrun or sbatch (after any VAR=value).
@@ -40,6 +40,8 @@ import re
 import shlex
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, make_category
 from utils.config import ConfigError, parse_value
@@ -338,6 +340,7 @@ def test_links_and_anchors_resolve():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow  # each quick command is a new process
 def test_quick_commands_run_after_the_demo(tmp_path):
     quick = [(document, number, line) for document, number, line, is_quick in documented_commands() if is_quick]
     assert 1 <= len(quick) <= MAX_QUICK, quick

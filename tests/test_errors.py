@@ -19,32 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SMALL, WITHOUT_TORCH, run_main, run_script
+from conftest import SMALL, WITHOUT_TORCH, assert_user_error, run_main, run_script, snapshot
 from model import OCBE, Decoder
 from utils.config import run_cli
 from utils.files import check_outputs
-
-
-def assert_user_error(result, *names):
-    """Non-zero exit and exactly one line on stderr, 'error: ...', naming each of `names` (paths, settings)."""
-    assert result.returncode not in (0, None), result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
-
-
-def snapshot(folder):
-    """{relative path: bytes} of every file under folder: equal before and after means nothing was written,
-    half-written, removed or left behind (a stray temporary file)."""
-    files = {}
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            with open(os.path.join(parent, name), "rb") as f:
-                files[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
-    return files
 
 
 @pytest.fixture

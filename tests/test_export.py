@@ -45,7 +45,8 @@ def predict_onnx(*args, check=True):
     return run_script("-c", WITHOUT_TORCH, "scripts/predict_onnx.py", *args, check=check)
 
 
-@pytest.fixture(scope="module", params=[(64, "rd"), (96, "rd"), (64, "rd++"), (96, "rd++")], ids=lambda p: f"{p[1]}-{p[0]}")
+@pytest.fixture(scope="module", params=[(64, "rd"), pytest.param((96, "rd"), marks=pytest.mark.slow), (64, "rd++"),
+                                        pytest.param((96, "rd++"), marks=pytest.mark.slow)], ids=lambda p: f"{p[1]}-{p[0]}")
 def exported(request, tmp_path_factory):
     """An RD or RD++ resnet18 checkpoint at image size 64 or 96 (random weights, BatchNorm statistics made
     non-trivial so that folding them matters), exported by export.py: (checkpoint path, model.onnx path, export's stdout)."""
@@ -64,7 +65,7 @@ def exported(request, tmp_path_factory):
               "category": CATEGORY, "out_dir": str(folder)}
     checkpoint = str(folder / CATEGORY / "checkpoint.pth")
     save_checkpoint(checkpoint, {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(), **proj, "config": config})
-    result = run_script("export.py", f"--checkpoint={checkpoint}")
+    result = run_main("export.py", f"--checkpoint={checkpoint}", check=True)
     return checkpoint, str(folder / CATEGORY / "model.onnx"), result.stdout
 
 
@@ -106,15 +107,22 @@ def test_graph_inputs_outputs_metadata(exported):
 
 
 @pytest.fixture(scope="module")
-def evaluated_export(trained, tmp_path_factory):
-    """The trained checkpoint, evaluated by test.py, then exported with --int8=1: (checkpoint, out_dir, model folder)."""
-    _, checkpoint = trained
-    out_dir = tmp_path_factory.mktemp("evaluated_export")
-    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", "--device=cpu")
+def evaluated_export(evaluated, tmp_path_factory):
+    """The session's evaluated checkpoint (conftest.evaluated) exported: (checkpoint, out_dir, model folder)."""
+    run, _ = evaluated
     models = tmp_path_factory.mktemp("models")
-    result = run_script("export.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--out={models / 'model.onnx'}", "--int8=1")
+    run_main("export.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--out={models / 'model.onnx'}", check=True)
+    return str(run / "checkpoint.pth"), run, models
+
+
+@pytest.fixture(scope="module")
+def int8_export(evaluated_export, tmp_path_factory):
+    """The same checkpoint exported with --int8=1: the folder of its model.onnx and model_int8.xml/.bin."""
+    checkpoint, out_dir, _ = evaluated_export
+    models = tmp_path_factory.mktemp("int8_models")
+    result = run_main("export.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--out={models / 'model.onnx'}", "--int8=1", check=True)
     assert "int8 on stripes's test split" in result.stdout
-    return checkpoint, out_dir, models
+    return models
 
 
 def test_metadata_carries_the_evaluation(evaluated_export):
@@ -125,7 +133,11 @@ def test_metadata_carries_the_evaluation(evaluated_export):
     assert [float(v) for v in metadata["heatmap_range"].split(",")] == results["heatmap_range"]
     assert metadata["evaluation"] == str(out_dir / CATEGORY / "results.json")
     assert metadata["threshold"] == metadata["image_f1_threshold"] and metadata["threshold_source"].startswith("image_f1_threshold of results.json")
-    int8 = load_exported(str(models / "model_int8.xml"), "openvino").metadata
+
+
+@pytest.mark.slow  # NNCF's quantisation
+def test_int8_metadata_carries_its_own_evaluation(int8_export):
+    int8 = load_exported(str(int8_export / "model_int8.xml"), "openvino").metadata
     assert int8["precision"] == "int8" and int8["evaluation"].startswith("export.py --int8=1 on ")
     assert int8["threshold"] == int8["image_f1_threshold"] and int8["threshold_source"] == "image_f1_threshold of " + int8["evaluation"]
 
@@ -139,7 +151,7 @@ def test_metadata_carries_the_calibrated_threshold(trained, new_images, tmp_path
     os.link(checkpoint, tmp_path / "checkpoint.pth")
     record = calibration_record(np.linspace(0.1, 2.0, 20).tolist(), 0.05, "good/", str(tmp_path / "checkpoint.pth"), 64, "add")
     (tmp_path / "threshold.json").write_text(json.dumps(record))
-    run_script("export.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}")
+    run_main("export.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}", check=True)
     metadata = load_exported(str(tmp_path / "model.onnx")).metadata
     assert float(metadata["threshold"]) == record["threshold"] == pytest.approx(1.95)  # midway between the two largest scores
     assert "threshold.json: calibrated on 20 good images of good/" in metadata["threshold_source"]
@@ -148,14 +160,15 @@ def test_metadata_carries_the_calibrated_threshold(trained, new_images, tmp_path
     assert "score >= 1.950000, the model's metadata: " in result.stdout and "threshold.json" in result.stdout
 
 
-def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(evaluated_export):
+@pytest.mark.slow  # NNCF's quantisation
+def test_int8_model_keeps_the_first_tap_and_the_anomaly_map_float(int8_export):
     """No rounding to int8 between the image and the teacher's first tap (its residual additions included),
     nor from the cosine on: the ops that moved the demo's metrics most when quantised (docs/deployment.md)."""
     import openvino
 
     from model.onnx_export import ancestors, anomaly_map_ops, cosine_inputs, teacher_first_stage_ops
 
-    int8 = openvino.Core().read_model(str(evaluated_export[2] / "model_int8.xml"))
+    int8 = openvino.Core().read_model(str(int8_export / "model_int8.xml"))
     fake_quantize = {op.get_friendly_name() for op in int8.get_ordered_ops() if op.get_type_name() == "FakeQuantize"}
     assert fake_quantize, "nothing was quantised"
     first_stage = set(teacher_first_stage_ops(int8))
@@ -184,7 +197,7 @@ def test_predict_onnx_labels_as_test_py(evaluated_export, mixed_images, data_roo
     images = tmp_path / "images"
     shutil.copytree(mixed_images, images)
     shutil.copy(os.path.join(data_root, CATEGORY, at_threshold), images / "g_at_threshold.png")
-    run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={images}", "--device=cpu")
+    run_main("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", f"--images={images}", "--device=cpu", check=True)
     expected = read_csv(out_dir / CATEGORY / "predict" / "scores.csv")
     assert len(expected) == 7 and expected[-1]["label"] == "1"
     for runtime in RUNTIMES:
@@ -200,9 +213,9 @@ def test_predict_onnx_labels_as_test_py(evaluated_export, mixed_images, data_roo
             assert strip.size == (2 * 64, 64)
 
 
-def test_predict_onnx_runs_the_int8_model(evaluated_export, mixed_images, tmp_path):
-    _, _, models = evaluated_export
-    result = predict_onnx(f"--model={models / 'model_int8.xml'}", f"--images={mixed_images}", f"--out_dir={tmp_path}", "--runtime=openvino")
+@pytest.mark.slow  # NNCF's quantisation
+def test_predict_onnx_runs_the_int8_model(int8_export, mixed_images, tmp_path):
+    result = predict_onnx(f"--model={int8_export / 'model_int8.xml'}", f"--images={mixed_images}", f"--out_dir={tmp_path}", "--runtime=openvino")
     assert "int8 model, openvino" in result.stdout
     assert len(read_csv(tmp_path / "scores.csv")) == 6
 
@@ -219,8 +232,9 @@ def test_predict_onnx_never_imports_torch(exported, new_images, tmp_path):
 
 
 @pytest.mark.parametrize("exported", [(64, "rd")], indirect=True, ids=["rd-64"])
-@pytest.mark.parametrize("case", ["no_model", "other_onnx", "checkpoint_as_model", "xml_on_onnxruntime", "unreadable_image", "empty_folder", "no_threshold"])
-def test_predict_onnx_errors(exported, evaluated_export, new_images, tmp_path, case):
+@pytest.mark.parametrize("case", ["no_model", "other_onnx", "checkpoint_as_model", pytest.param("xml_on_onnxruntime", marks=pytest.mark.slow),
+                                  "unreadable_image", "empty_folder", "no_threshold"])
+def test_predict_onnx_errors(exported, new_images, tmp_path, case, request):
     checkpoint, model_path, _ = exported
     other = tmp_path / "other.onnx"
     identity = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "other",
@@ -231,7 +245,7 @@ def test_predict_onnx_errors(exported, evaluated_export, new_images, tmp_path, c
     shutil.copytree(new_images, broken)
     (broken / "z_truncated.png").write_bytes((new_images / "a_copy.png").read_bytes()[:100])
     empty.mkdir()
-    int8_model = evaluated_export[2] / "model_int8.xml"
+    int8_model = request.getfixturevalue("int8_export") / "model_int8.xml" if case == "xml_on_onnxruntime" else None  # slow: NNCF
     args, named = {
         "no_model": ([f"--model={tmp_path / 'missing.onnx'}", f"--images={new_images}"], "missing.onnx: no such file"),
         "other_onnx": ([f"--model={other}", f"--images={new_images}"], "other.onnx: not a model written by export.py"),

@@ -66,11 +66,11 @@ def test_no_module_imports_a_script():
 
 
 def test_no_test_module_imports_another():
-    test_modules = {os.path.splitext(os.path.basename(p))[0] for p in python_files() if p.startswith("tests" + os.sep)}
-    for path in python_files():
-        if path.startswith("tests" + os.sep):
-            imported = set(imported_modules(parsed(path))) & (test_modules - {"conftest"})
-            assert not imported, f"{path} imports {sorted(imported)}: shared helpers belong in tests/conftest.py"
+    tests = [p for p in python_files() if p.startswith("tests" + os.sep)]
+    test_modules = {os.path.splitext(os.path.basename(p))[0] for p in tests if os.path.basename(p).startswith("test_")}
+    for path in tests:
+        imported = set(imported_modules(parsed(path))) & test_modules
+        assert not imported, f"{path} imports {sorted(imported)}: shared helpers belong in tests/conftest.py or a helpers module"
 
 
 def functions(tree):

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SMALL, make_category, run_script
-from test_sweep import run_sweep, table_row
+from conftest import SMALL, make_category, run_main, run_sweep, table_row
 
 SIZE = 64
 BOX = (slice(20, 36), slice(24, 40))  # the defect of every anomalous replica image: 16 x 16 pixels
@@ -48,7 +47,7 @@ def tree(root):
 
 def prepare(fmt, src, dst, *extra, check=True):
     before = tree(src)
-    result = run_script("scripts/prepare_dataset.py", f"--format={fmt}", f"--src={src}", f"--dst={dst}", *extra, check=check)
+    result = run_main("scripts/prepare_dataset.py", f"--format={fmt}", f"--src={src}", f"--dst={dst}", *extra, check=check)
     assert tree(src) == before  # the source is only read
     return result
 
@@ -72,9 +71,9 @@ def box_mask(box=BOX):
 
 def train_and_test(data_root, category, out_dir):
     """train.py then test.py on one converted category; its results.json."""
-    run_script("train.py", f"--data_root={data_root}", f"--category={category}", f"--out_dir={out_dir}", "--epochs=1",
-               "--batch_size=4", *SMALL)
-    run_script("test.py", f"--checkpoint={os.path.join(out_dir, category, 'checkpoint.pth')}")
+    run_main("train.py", f"--data_root={data_root}", f"--category={category}", f"--out_dir={out_dir}", "--epochs=1",
+             "--batch_size=4", *SMALL, check=True)
+    run_main("test.py", f"--checkpoint={os.path.join(out_dir, category, 'checkpoint.pth')}", check=True)
     return json.load(open(os.path.join(out_dir, category, "results.json")))
 
 
@@ -241,6 +240,7 @@ def test_visa_conversion(visa):
     assert "every anomalous test image has its mask" in stdout
 
 
+@pytest.mark.slow  # a sweep: a process per run
 def test_sweep_runs_converted_visa_without_categories(visa, tmp_path):
     _, dst, _ = visa
     out_dir = str(tmp_path / "runs")
@@ -309,6 +309,7 @@ def test_converter_refusals(tmp_path):
     assert bad_format.returncode == 2 and "--format=kolektor: must be one of visa, mvtec_3d" in bad_format.stderr
 
 
+@pytest.mark.slow  # a sweep: a process per run
 def test_image_labels_only_trains_evaluates_and_tabulates(tmp_path):
     root, out_dir = str(tmp_path / "data"), str(tmp_path / "runs")
     make_category(root, "stripes", size=SIZE, n_train=4, n_test_good=2, n_test_defect=1, seed=0)
@@ -324,14 +325,14 @@ def test_image_labels_only_trains_evaluates_and_tabulates(tmp_path):
     assert table_row(results_md, "AUPRO", "ours, RD (resnet18)") == ["-", "n/a"]
     assert table_row(results_md, "Image-Level AUC", "ours, RD (resnet18)")[1] not in ("-", "n/a")
 
-    test = run_script("test.py", f"--checkpoint={os.path.join(out_dir, 'stripes', 'checkpoint.pth')}", "--save_images=1")
+    test = run_main("test.py", f"--checkpoint={os.path.join(out_dir, 'stripes', 'checkpoint.pth')}", "--save_images=1", check=True)
     assert test.stdout.count("no ground_truth folder: evaluated on image labels") == 1
     assert "pixel_auroc undefined" not in test.stdout
     strip = Image.open(os.path.join(out_dir, "stripes", "images", "scratch_000.png"))
     assert strip.size == (2 * SIZE, SIZE)  # input | heatmap: no ground-truth panel
 
     os.makedirs(os.path.join(root, "stripes", "ground_truth"))  # ground_truth present but a mask missing: an error
-    missing = run_script("test.py", f"--checkpoint={os.path.join(out_dir, 'stripes', 'checkpoint.pth')}", check=False)
+    missing = run_main("test.py", f"--checkpoint={os.path.join(out_dir, 'stripes', 'checkpoint.pth')}", check=False)
     assert missing.returncode == 2 and "anomalous test image without its mask" in missing.stderr
 
 

@@ -23,12 +23,12 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from conftest import ROOT, run_main, run_script
+from conftest import ROOT, assert_same, run_main, run_sweep, table_row
 from model import BACKBONES, OCBE, Decoder, MultiProjection, build_encoder
 from model.checkpoint import load_checkpoint
 from model.losses import projection_loss
 from model.pseudo_anomalies import SimplexPatches, noise_field, step_generator
-from test_reproduction import official_evaluation, reference_images
+from official_rd4ad import official_evaluation, reference_images
 
 SIZE = 96  # the smallest multiple of 32 with room for RD++'s patches (10 to SIZE/8 pixels)
 RDPP = ["--method=rd++", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu"]
@@ -144,9 +144,9 @@ def test_official_rdpp_checkpoint_scores_like_the_official_evaluation(data_root,
     official = tmp_path / "rdpp_official.pth"
     torch.save({"proj": proj.state_dict(), "decoder": decoder.state_dict(), "bn": ocbe.state_dict()}, official)
 
-    result = run_script("test.py", f"--checkpoint={official}", f"--data_root={data_root}", "--category=stripes",
-                        "--backbone=resnet18", "--image_size=64", "--weights=none", f"--out_dir={tmp_path}",
-                        "--batch_size=3", "--device=cpu")
+    result = run_main("test.py", f"--checkpoint={official}", f"--data_root={data_root}", "--category=stripes",
+                      "--backbone=resnet18", "--image_size=64", "--weights=none", f"--out_dir={tmp_path}",
+                      "--batch_size=3", "--device=cpu", check=True)
     assert "stripes (rd++)" in result.stdout
     with open(tmp_path / "stripes" / "scores.csv") as f:
         ours = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
@@ -228,8 +228,8 @@ def test_one_epoch_equals_the_official_loop(rdpp_root, tmp_path, accumulate, bat
     """train.py, one epoch with step_every=2 (accumulate: 4 batches, 2 steps; pre-fix: 2 batches, 1 step), against
     the official loop of its setting (official_epoch): the gradients each step used, as Adam's first moments, and
     every parameter and BatchNorm statistic within 1e-5."""
-    run_script("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
-               f"--batch_size={batch_size}", "--seed=42", f"--accumulate={int(accumulate)}", *RDPP)
+    run_main("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
+             f"--batch_size={batch_size}", "--seed=42", f"--accumulate={int(accumulate)}", *RDPP, check=True)
     ckpt = load_checkpoint(str(tmp_path / "stripes" / "checkpoint.pth"))
     n_steps = 8 // batch_size // 2
     assert ckpt["step"] == 8 // batch_size and set(ckpt) >= {"proj", "bn", "decoder", "optimizer"}
@@ -289,8 +289,8 @@ def test_the_first_batch_of_a_step_counts_only_with_accumulate(rdpp_root, tmp_pa
     trained = []
     for root in (rdpp_root, changed_root):
         out_dir = tmp_path / f"runs_{len(trained)}"
-        run_script("train.py", f"--data_root={root}", "--category=stripes", f"--out_dir={out_dir}", "--epochs=1", "--batch_size=4",
-                   "--seed=42", "--deterministic=1", f"--accumulate={int(accumulate)}", *RDPP)
+        run_main("train.py", f"--data_root={root}", "--category=stripes", f"--out_dir={out_dir}", "--epochs=1", "--batch_size=4",
+                 "--seed=42", "--deterministic=1", f"--accumulate={int(accumulate)}", *RDPP, check=True)
         trained.append(load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth")))
     for name, module in (("bn", OCBE("resnet18")), ("decoder", Decoder("resnet18")), ("proj", MultiProjection("resnet18"))):
         first, second = trained[0][name], trained[1][name]
@@ -325,16 +325,16 @@ train.main()
 """
 
 
+@pytest.mark.slow  # a signal to a training process
 @pytest.mark.parametrize("accumulate", [True, False], ids=["accumulate", "pre-fix"])
 def test_sigint_between_the_batches_of_a_step_resumes_bit_identical(rdpp_root, tmp_path, accumulate):
     """8 images in batches of 3: 3 batches an epoch, so with accumulate the last batch of epoch 1 and the first two
     of epoch 2 add up to one step (the official loop zeroes gradients only after a step). SIGINT comes during the
     3rd batch: with accumulate the run goes on to that step and saves there (step 5); pre-fix no gradient waits and
     it saves after the batch (step 3). Resumed, both end bit-identical to an uninterrupted run."""
-    from test_reliability import assert_same
     train = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=2", "--batch_size=3", "--seed=3", "--deterministic=1",
              f"--accumulate={int(accumulate)}", *RDPP]
-    run_script("train.py", *train, f"--out_dir={tmp_path / 'whole'}")
+    run_main("train.py", *train, f"--out_dir={tmp_path / 'whole'}", check=True)
     script, out_dir = tmp_path / "sigint_at_batch.py", tmp_path / "resumed"
     script.write_text(SIGINT_AT_BATCH)
     result = subprocess.run([sys.executable, str(script), *train, f"--out_dir={out_dir}"], cwd=ROOT, capture_output=True,
@@ -343,7 +343,7 @@ def test_sigint_between_the_batches_of_a_step_resumes_bit_identical(rdpp_root, t
     stop_epoch, stop_step = (2, 5) if accumulate else (1, 3)
     assert f"stopped by signal {int(signal.SIGINT)} at epoch {stop_epoch}, step {stop_step}" in result.stdout
     assert load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))["step"] == stop_step
-    run_script("train.py", *train, f"--out_dir={out_dir}", "--resume=1")
+    run_main("train.py", *train, f"--out_dir={out_dir}", "--resume=1", check=True)
     final = load_checkpoint(str(out_dir / "stripes" / "checkpoint.pth"))
     whole = load_checkpoint(str(tmp_path / "whole" / "stripes" / "checkpoint.pth"))
     for key in ("proj", "bn", "decoder", "optimizer", "step"):
@@ -370,8 +370,8 @@ def test_rdpp_errors_are_one_line(rdpp_root, data_root, tmp_path):
         "train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path}", "--batch_size=8", *RDPP)
 
     # an RD checkpoint resumed as RD++ (and the other way round), a config that contradicts the keys
-    run_script("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path / 'rd'}", "--epochs=1",
-               "--batch_size=4", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu")
+    run_main("train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path / 'rd'}", "--epochs=1",
+             "--batch_size=4", "--backbone=resnet18", f"--image_size={SIZE}", "--weights=none", "--device=cpu", check=True)
     path = tmp_path / "rd" / "stripes" / "checkpoint.pth"
     assert "is an RD checkpoint; resume with its method" in error(
         "train.py", f"--data_root={rdpp_root}", "--category=stripes", f"--out_dir={tmp_path / 'rd'}", "--resume=1", "--epochs=2", "--batch_size=4", *RDPP)
@@ -397,29 +397,8 @@ def test_rd_stays_the_default_and_the_official_epochs_cover_mvtec():
     assert OFFICIAL_EPOCHS["carpet"] == OFFICIAL_EPOCHS["leather"] == 10 and max(OFFICIAL_EPOCHS.values()) == 300
 
 
-def test_torchrun_and_amp_train_rdpp(rdpp_root, tmp_path):
-    """Two processes (gloo) train RD++ and end with the same parameters, projection included; bf16 autocast trains
-    and the checkpoint scores."""
-    from test_distributed import RECORD_RANKS
-    script, record_dir = tmp_path / "record_ranks.py", tmp_path / "ranks"
-    script.write_text(RECORD_RANKS)
-    record_dir.mkdir()
-    common = [f"--data_root={rdpp_root}", "--category=stripes", "--epochs=1", "--batch_size=3", *RDPP]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, RECORD_DIR=str(record_dir))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                             *common, f"--out_dir={tmp_path / 'ddp'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    rank0, rank1 = (torch.load(record_dir / f"rank{r}.pt", weights_only=True) for r in range(2))
-    assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
-    assert "proj" in load_checkpoint(str(tmp_path / "ddp" / "stripes" / "checkpoint.pth"))
-
-    run_script("train.py", *common, f"--out_dir={tmp_path / 'amp'}", "--amp=1")
-    result = run_script("test.py", f"--checkpoint={tmp_path / 'amp' / 'stripes' / 'checkpoint.pth'}", "--amp=1")
-    assert "stripes (rd++)" in result.stdout
-
-
+@pytest.mark.slow  # a sweep: a process per run
 def test_sweep_passes_the_method_on_and_labels_the_table(rdpp_root, tmp_path):
-    from test_sweep import run_sweep, table_row
     out_dir = tmp_path / "runs"
     args = [f"--data_root={rdpp_root}", f"--out_dir={out_dir}", "--categories=stripes", "--epochs=1", "--batch_size=4", *RDPP]
     first = run_sweep(*args)

@@ -19,9 +19,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, run_script
+from conftest import ROOT, SMALL, assert_same, assert_user_error, run_main, snapshot
 from model.checkpoint import load_checkpoint
-from test_errors import assert_user_error, run_main, snapshot
 from utils.files import atomic_write_json
 from utils.io import save_checkpoint
 from utils.runs import CheckpointWriter, LossLog, ckpt_path
@@ -29,23 +28,10 @@ from utils.runs import CheckpointWriter, LossLog, ckpt_path
 # 8 training images in batches of 2: 4 steps per epoch, 12 in all; --save_minutes=1000, so only the end of
 # training and a signal save a checkpoint
 SHORT = ["--category=stripes", "--epochs=3", "--batch_size=2", "--save_minutes=1000", "--seed=3", *SMALL]
-TRAIN = [*SHORT, "--deterministic=1"]  # in subprocesses only: it sets torch's global deterministic mode
+TRAIN = [*SHORT, "--deterministic=1"]  # sets torch's global deterministic mode, which run_main puts back
 
 
-def assert_same(a, b, where="checkpoint"):
-    """Bit-identical nested checkpoints: tensors by torch.equal, everything else by ==."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
+
 
 
 def digest(path):
@@ -92,8 +78,8 @@ def test_the_payload_is_live(malicious):
 def test_test_py_refuses_a_malicious_checkpoint(malicious, data_root, tmp_path):
     marker, zipped, _ = malicious
     out_dir = tmp_path / "runs"
-    result = run_script("test.py", f"--checkpoint={zipped}", f"--data_root={data_root}", "--category=stripes",
-                        f"--out_dir={out_dir}", *SMALL, check=False)
+    result = run_main("test.py", f"--checkpoint={zipped}", f"--data_root={data_root}", "--category=stripes",
+                      f"--out_dir={out_dir}", *SMALL, check=False)
     assert_user_error(result, f"checkpoint={zipped}", "refused", "io.open")
     assert not marker.exists()
     assert not out_dir.exists()
@@ -245,10 +231,11 @@ def deterministic_runs(data_root, tmp_path_factory):
     """Two uninterrupted runs with the same seed and deterministic=True, in separate processes: their out_dirs."""
     out_dirs = [tmp_path_factory.mktemp(f"deterministic_{i}") for i in range(2)]
     for out_dir in out_dirs:
-        run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN)
+        run_main("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", *TRAIN, check=True)
     return out_dirs
 
 
+@pytest.mark.slow  # a signal to a training process
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, deterministic_runs, signum):
     out_dir = tmp_path / "runs"
@@ -272,7 +259,7 @@ def test_signal_saves_a_checkpoint_that_resumes_exactly(data_root, tmp_path, det
     stopped = load_checkpoint(path)
     assert 4 < stopped["step"] < 12, stopped["step"]  # the signal's checkpoint, at the step after it came
 
-    resumed = run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--resume=1", *TRAIN)
+    resumed = run_main("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--resume=1", *TRAIN, check=True)
     assert f"step {stopped['step']}" in resumed.stdout
     final, uninterrupted = load_checkpoint(path), load_checkpoint(ckpt_path(str(deterministic_runs[0]), "stripes"))
     for key in ("bn", "decoder", "optimizer", "step", "epoch"):

@@ -6,7 +6,7 @@ error, no failed request and no request outside the file system; every image mus
 in the gallery; the metrics shown must be results.json's; the sweep's links must lead to loaded category reports.
 Skipped, with the reason, where playwright or Chromium is missing.
 
-Run: python -m pytest -q tests/test_report.py
+Run: python -m pytest -q -m slow tests/test_report.py   (slow: the whole suite runs it, the default run does not)
 """
 
 import csv
@@ -18,11 +18,12 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, SMALL, run_script
+from conftest import ROOT, SMALL, run_main
 from screenshot import find_chromium, open_page
 
 pytest.importorskip("playwright", reason="playwright is not installed (pip install -r requirements-dev.txt)")
-pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no Chromium (apt-get install chromium, or set CHROMIUM=/path)")
+pytestmark = [pytest.mark.skipif(find_chromium() is None, reason="no Chromium (apt-get install chromium, or set CHROMIUM=/path)"),
+              pytest.mark.slow]  # a browser per page
 
 CATEGORY = "stripes"
 DEMO = os.path.join(ROOT, "runs", "demo")
@@ -76,21 +77,6 @@ def check_evaluation_report(path):
     return results, threshold, text
 
 
-@pytest.fixture(scope="module")
-def evaluated(trained, tmp_path_factory):
-    """An evaluation of the trained checkpoint with a loss.csv beside it (train.py's, or one written here)."""
-    out_dir, checkpoint = trained
-    run = tmp_path_factory.mktemp("report_run")
-    os.link(checkpoint, run / "checkpoint.pth")
-    loss = os.path.join(os.path.dirname(checkpoint), "loss.csv")
-    if os.path.exists(loss):
-        shutil.copy(loss, run / "loss.csv")
-    else:
-        (run / "loss.csv").write_text("epoch,loss,seconds\n1,0.52,3.1\n2,0.31,2.9\n")
-    result = run_script("test.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", "--device=cpu")
-    return run, result
-
-
 def test_evaluation_report(evaluated, data_root):
     run, result = evaluated
     path = str(run / CATEGORY / "report.html")
@@ -109,19 +95,20 @@ def test_evaluation_report_without_loss_file(trained, tmp_path):
     """A checkpoint without loss.csv beside it: the report says so, and --report=0 writes none."""
     _, checkpoint = trained
     os.link(checkpoint, tmp_path / "checkpoint.pth")
-    run_script("test.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}", "--device=cpu")
+    run_main("test.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}", "--device=cpu", check=True)
     with open_page(tmp_path / CATEGORY / "report.html") as (page, problems):
         loaded_page(page, problems, str(tmp_path / CATEGORY / "report.html"))
         assert "no loss.csv beside the checkpoint" in page.inner_text("body")
     shutil.rmtree(tmp_path / CATEGORY)
-    run_script("test.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}", "--device=cpu", "--report=0")
+    run_main("test.py", f"--checkpoint={tmp_path / 'checkpoint.pth'}", f"--out_dir={tmp_path}", "--device=cpu", "--report=0", check=True)
     assert (tmp_path / CATEGORY / "results.json").exists() and not (tmp_path / CATEGORY / "report.html").exists()
 
 
 def test_images_report(evaluated, new_images):
     """predict.py: the gallery of the scored folder, with the labels and where the threshold comes from."""
     run, _ = evaluated
-    result = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--images={new_images}", "--device=cpu")
+    result = run_main("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--images={new_images}", "--device=cpu",
+                      check=True)
     path = run / CATEGORY / "predict" / "report.html"
     assert f"wrote {path} in " in result.stdout
     rows = read_csv(run / CATEGORY / "predict" / "scores.csv")
@@ -140,8 +127,8 @@ def test_images_report(evaluated, new_images):
 def test_sweep_report(evaluated, data_root):
     """The sweep's report.html (here rebuilt by --table_only=1): its category cells link to the category's report."""
     run, _ = evaluated
-    run_script("scripts/sweep.py", "--table_only=1", f"--out_dir={run}", f"--data_root={data_root}", f"--categories={CATEGORY}",
-               *SMALL, "--epochs=2", "--batch_size=4")
+    run_main("scripts/sweep.py", "--table_only=1", f"--out_dir={run}", f"--data_root={data_root}", f"--categories={CATEGORY}",
+             *SMALL, "--epochs=2", "--batch_size=4", check=True)
     check_sweep_report(str(run / "report.html"), [CATEGORY])
 
 

@@ -9,62 +9,14 @@ import csv
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from scipy.ndimage import gaussian_filter
-from sklearn.metrics import roc_auc_score
 from torchvision import transforms
 
-from conftest import SMALL, run_script
+from conftest import SMALL, run_main
 from model import OCBE, Decoder, build_encoder
-
-SIZE = 64
-
-
-def reference_images(data_root, category, split_glob):
-    """(tensor, mask, relative path) per test image, loaded the way the official dataset class does."""
-    folder = os.path.join(data_root, category)
-    image_tf = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    mask_tf = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor()])
-    items = []
-    for defect in sorted(os.listdir(os.path.join(folder, split_glob))):
-        for name in sorted(os.listdir(os.path.join(folder, split_glob, defect))):
-            path = os.path.join(folder, split_glob, defect, name)
-            image = image_tf(Image.open(path).convert("RGB"))
-            if defect == "good":
-                mask = torch.zeros(1, SIZE, SIZE)
-            else:
-                mask = mask_tf(Image.open(os.path.join(folder, "ground_truth", defect, name[:-4] + "_mask.png")))
-                mask = (mask > 0.5).float()
-            items.append((image, mask, os.path.relpath(path, folder)))
-    return items
-
-
-def official_evaluation(encoder, ocbe, decoder, items, proj=None):
-    """Test batch size 1, per-tap 1-cos maps summed in numpy, scipy's gaussian_filter, max = image score.
-    RD++ (proj given): the decoder reads ocbe(proj(teacher)) and is compared with the unprojected teacher."""
-    ocbe.eval(), decoder.eval()
-    if proj is not None:
-        proj.eval()
-    scores, pixel_scores, pixel_labels, image_labels = {}, [], [], []
-    with torch.no_grad():
-        for image, mask, path in items:
-            teacher = encoder(image[None])
-            student = decoder(ocbe(teacher if proj is None else proj(teacher)))
-            amap = np.zeros((SIZE, SIZE))
-            for t, s in zip(teacher, student):
-                a = 1 - F.cosine_similarity(t, s)[:, None]
-                amap += F.interpolate(a, size=SIZE, mode="bilinear", align_corners=True)[0, 0].numpy()
-            amap = gaussian_filter(amap, sigma=4)
-            scores[path] = amap.max()
-            pixel_scores.append(amap.ravel())
-            pixel_labels.append(mask.numpy().astype(int).ravel())
-            image_labels.append(mask.max().item())
-    return scores, roc_auc_score(image_labels, list(scores.values())), roc_auc_score(np.concatenate(pixel_labels), np.concatenate(pixel_scores))
+from official_rd4ad import SIZE, official_evaluation, reference_images
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +40,9 @@ def test_official_checkpoint_parity(data_root, teacher_file, tmp_path):
     official = tmp_path / "official.pth"
     torch.save({"bn": bn_state, "decoder": decoder.state_dict()}, official)
 
-    run_script("test.py", f"--checkpoint={official}", f"--data_root={data_root}", "--category=stripes",
-               "--backbone=resnet18", f"--image_size={SIZE}", f"--weights={teacher_file}", f"--out_dir={tmp_path}",
-               "--batch_size=3", "--device=cpu")
+    run_main("test.py", f"--checkpoint={official}", f"--data_root={data_root}", "--category=stripes",
+             "--backbone=resnet18", f"--image_size={SIZE}", f"--weights={teacher_file}", f"--out_dir={tmp_path}",
+             "--batch_size=3", "--device=cpu", check=True)
     with open(tmp_path / "stripes" / "scores.csv") as f:
         ours = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
     results = json.loads((tmp_path / "stripes" / "results.json").read_text())
@@ -106,8 +58,8 @@ def test_official_checkpoint_parity(data_root, teacher_file, tmp_path):
 @pytest.mark.parametrize("cache_teacher", [True, False])
 def test_one_step_matches_official_protocol(data_root, teacher_file, tmp_path, cache_teacher):
     n_train = len(os.listdir(os.path.join(data_root, "stripes", "train", "good")))
-    run_script("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
-               f"--batch_size={n_train}", "--seed=42", *SMALL, f"--weights={teacher_file}", f"--cache_teacher={int(cache_teacher)}")
+    run_main("train.py", f"--data_root={data_root}", "--category=stripes", f"--out_dir={tmp_path}", "--epochs=1",
+             f"--batch_size={n_train}", "--seed=42", *SMALL, f"--weights={teacher_file}", f"--cache_teacher={int(cache_teacher)}", check=True)
     ckpt = torch.load(tmp_path / "stripes" / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 1
 
@@ -171,7 +123,7 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
                   image_size=SIZE, out_dir=str(tmp_path))
     save_checkpoint(ckpt_path(str(tmp_path), "stripes"), {"bn": ocbe.state_dict(), "decoder": decoder.state_dict(),
                     "optimizer": optimizer.state_dict(), "epoch": 1, "step": 3, "config": config})
-    run_script("test.py", f"--checkpoint={ckpt_path(str(tmp_path), 'stripes')}", "--device=cpu", "--batch_size=2")
+    run_main("test.py", f"--checkpoint={ckpt_path(str(tmp_path), 'stripes')}", "--device=cpu", "--batch_size=2", check=True)
     with open(tmp_path / "stripes" / "scores.csv") as f:
         after = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
     assert list(after) == paths
@@ -181,7 +133,7 @@ def test_checkpoint_reloads_to_same_scores(data_root, tmp_path):
 
 def test_train_then_test_smoke(trained):
     out_dir, checkpoint = trained
-    result = run_script("test.py", f"--checkpoint={checkpoint}")
+    result = run_main("test.py", f"--checkpoint={checkpoint}", check=True)
     assert "image_auroc" in result.stdout
     results = json.loads(open(os.path.join(out_dir, "stripes", "results.json")).read())
     for key in ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro"):

@@ -15,26 +15,9 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, make_category
+from conftest import ROOT, SMALL, make_category, run_sweep, sweep_command, table_row
 
-
-def sweep_command(*args):
-    return ["bash", os.path.join(ROOT, "scripts", "run_all_mvtec.sh"), *args]
-
-
-def run_sweep(*args, timeout=300):
-    env = dict(os.environ, PYTHON=sys.executable)
-    return subprocess.run(sweep_command(*args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def table_row(results_md, table, label):
-    """The cells of the row starting with `label` in the markdown table under '## <table>'."""
-    section = results_md.split(f"## {table}\n", 1)[1].split("\n## ", 1)[0]
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("|") and cells[0] == label:
-            return cells[1:]
-    raise AssertionError(f"no row {label!r} in the {table} table:\n{section}")
+pytestmark = pytest.mark.slow  # sweeps: a process per training and evaluation
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_category, run_main, run_script
+from conftest import make_category, run_main
 from evaluation.threshold import false_alarm_threshold, min_images
 from utils.demo_data import make_sample
 
@@ -87,8 +87,8 @@ def calibrated(trained, good_folder, tmp_path_factory):
     _, checkpoint = trained
     run = tmp_path_factory.mktemp("calibrated")
     os.link(checkpoint, run / "checkpoint.pth")
-    result = run_script("calibrate.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--good_images={good_folder}",
-                        "--false_alarm_rate=0.05", "--device=cpu")
+    result = run_main("calibrate.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--good_images={good_folder}",
+                      "--false_alarm_rate=0.05", "--device=cpu", check=True)
     return run, result
 
 
@@ -108,8 +108,8 @@ def test_good_images_threshold(calibrated, good_folder):
     assert "threshold.json" in result.stdout
 
     # score the same images again with predict.py: the threshold comes from threshold.json, and 10 at most are flagged
-    scored = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={good_folder}",
-                        f"--out_dir={run}", "--device=cpu")
+    scored = run_main("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={good_folder}",
+                      f"--out_dir={run}", "--device=cpu", check=True)
     assert "threshold.json: calibrated on 200 good images" in scored.stdout
     rows = read_scores(run / CATEGORY / "predict" / "scores.csv")
     assert len(rows) == 200
@@ -127,12 +127,12 @@ def test_threshold_precedence(calibrated, trained, good_folder, tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     Image.open(good_folder / "000.png").save(one / "a.png")
-    given = run_script("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={one}", f"--out_dir={tmp_path}",
-                       "--threshold=1e9", "--device=cpu")
+    given = run_main("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--images={one}", f"--out_dir={tmp_path}",
+                     "--threshold=1e9", "--device=cpu", check=True)
     assert "score >= 1000000000.000000, --threshold)" in given.stdout
     # the trained run has no threshold.json but its evaluation: the F1-max threshold, said so
-    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", "--device=cpu", "--report=0")
-    f1 = run_script("predict.py", f"--checkpoint={checkpoint}", f"--images={one}", f"--out_dir={tmp_path}", "--device=cpu")
+    run_main("test.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", "--device=cpu", "--report=0", check=True)
+    f1 = run_main("predict.py", f"--checkpoint={checkpoint}", f"--images={one}", f"--out_dir={tmp_path}", "--device=cpu", check=True)
     assert "image_f1_threshold of results.json" in f1.stdout
 
 

@@ -25,11 +25,9 @@ from torchvision import transforms
 
 import train
 from model.protocols import apply_protocol
-from conftest import ROOT, SMALL, make_category, run_script
+from conftest import ROOT, SMALL, assert_same, make_category, run_main
 from model import OCBE, Decoder, build_encoder
 from model.checkpoint import load_checkpoint
-from test_errors import run_main
-from test_reliability import assert_same
 from utils.runs import ckpt_path, run_name
 
 CATEGORIES = ["disc", "grid_gray", "stripes"]  # sorted, as train.py records them
@@ -56,7 +54,7 @@ def data_root(tmp_path_factory):
 def unified(data_root, tmp_path_factory):
     """The unified model trained with its images in memory: its out_dir."""
     out_dir = str(tmp_path_factory.mktemp("unified_runs"))
-    run_script("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--in_memory=1", *UNIFIED)
+    run_main("train.py", f"--data_root={data_root}", f"--out_dir={out_dir}", "--in_memory=1", *UNIFIED, check=True)
     return out_dir
 
 
@@ -157,12 +155,13 @@ def optimizer_lrs(checkpoint):
 
 def test_streamed_training_is_bit_identical(unified, data_root, tmp_path):
     """in_memory=0 reads every batch from the store file: the checkpoint is the in-memory run's, bit for bit."""
-    run_script("train.py", f"--data_root={data_root}", f"--out_dir={tmp_path}", "--in_memory=0", *UNIFIED)
+    run_main("train.py", f"--data_root={data_root}", f"--out_dir={tmp_path}", "--in_memory=0", *UNIFIED, check=True)
     streamed, in_memory = load_checkpoint(ckpt_path(str(tmp_path), RUN)), load_checkpoint(ckpt_path(unified, RUN))
     for key in ("bn", "decoder", "optimizer", "step", "epoch"):
         assert_same(streamed[key], in_memory[key], key)
 
 
+@pytest.mark.slow  # a signal to a training process
 def test_unified_resume_after_sigint_is_bit_identical(unified, data_root, tmp_path):
     args = [sys.executable, "train.py", f"--data_root={data_root}", f"--out_dir={tmp_path}", "--in_memory=0", *UNIFIED, "--save_minutes=0"]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -179,7 +178,7 @@ def test_unified_resume_after_sigint_is_bit_identical(unified, data_root, tmp_pa
     assert process.returncode == 128 + signal.SIGINT, stderr
     stopped = load_checkpoint(ckpt_path(str(tmp_path), RUN))
     assert 3 <= stopped["step"] < 9, stopped["step"]
-    run_script("train.py", f"--data_root={data_root}", f"--out_dir={tmp_path}", "--resume=1", "--in_memory=0", *UNIFIED)
+    run_main("train.py", f"--data_root={data_root}", f"--out_dir={tmp_path}", "--resume=1", "--in_memory=0", *UNIFIED, check=True)
     final, uninterrupted = load_checkpoint(ckpt_path(str(tmp_path), RUN)), load_checkpoint(ckpt_path(unified, RUN))
     for key in ("bn", "decoder", "optimizer", "step", "epoch"):
         assert_same(final[key], uninterrupted[key], key)
@@ -196,7 +195,7 @@ def scores(path):
 
 def test_test_py_writes_each_category_and_the_mean(unified, data_root, tmp_path):
     checkpoint = ckpt_path(unified, RUN)
-    result = run_script("test.py", f"--checkpoint={checkpoint}")
+    result = run_main("test.py", f"--checkpoint={checkpoint}", check=True)
     assert "mean over 3 of 3 categories" in result.stdout
     per_category = {}
     for c in CATEGORIES:
@@ -213,7 +212,7 @@ def test_test_py_writes_each_category_and_the_mean(unified, data_root, tmp_path)
 
     # one category alone, elsewhere: the same scores as in the full evaluation
     other = tmp_path / "alone"
-    result = run_script("test.py", f"--checkpoint={checkpoint}", "--category=grid_gray", f"--out_dir={other}")
+    result = run_main("test.py", f"--checkpoint={checkpoint}", "--category=grid_gray", f"--out_dir={other}", check=True)
     assert "mean over 1 of 3 categories (missing: disc, stripes)" in result.stdout
     alone = other / RUN / "grid_gray"
     assert scores(alone / "scores.csv") == scores(os.path.join(unified, RUN, "grid_gray", "scores.csv"))
@@ -225,6 +224,7 @@ def test_test_py_writes_each_category_and_the_mean(unified, data_root, tmp_path)
     assert no_threshold.returncode == 2 and "pass --category=<one of them> to use its threshold" in no_threshold.stderr
 
 
+@pytest.mark.slow  # a sweep: a process per run
 def test_sweep_unified_isolates_a_failing_category_and_resumes(data_root, tmp_path):
     """grid_gray loses a mask: its evaluation fails alone; a rerun trains nothing and evaluates only grid_gray."""
     broken = tmp_path / "data"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from conftest import run_main, run_script
+from conftest import run_main
 from evaluation.visualize import draw_outline, jet
 
 SIZE = 64  # the `trained` checkpoint's image_size
@@ -21,12 +21,9 @@ CATEGORY = "stripes"
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained, tmp_path_factory):
-    """An evaluation with 2 strips per defect type in its own out_dir: that out_dir's <category> folder."""
-    _, checkpoint = trained
-    out_dir = tmp_path_factory.mktemp("evaluated")
-    run_script("test.py", f"--checkpoint={checkpoint}", f"--out_dir={out_dir}", "--save_images=2", "--device=cpu")
-    return out_dir / CATEGORY
+def category_folder(evaluated):
+    """The session's evaluation (conftest.evaluated, --save_images=2): its category folder."""
+    return evaluated[0] / CATEGORY
 
 
 def read_csv(path):
@@ -57,16 +54,16 @@ def test_outline_is_the_inner_contour():
     assert (out[~red] == 50).all()
 
 
-def test_save_images(evaluated, data_root):
+def test_save_images(category_folder, data_root):
     test_folder = os.path.join(data_root, CATEGORY, "test")
     expected = {}
     for defect in sorted(os.listdir(test_folder)):
         for name in sorted(os.listdir(os.path.join(test_folder, defect)))[:2]:  # --save_images=2
             expected[f"{defect}_{name[:-4]}.png"] = (defect, name)
-    assert len(expected) > 2 and sorted(os.listdir(evaluated / "images")) == sorted(expected)
+    assert len(expected) > 2 and sorted(os.listdir(category_folder / "images")) == sorted(expected)
 
     for strip_name, (defect, name) in expected.items():
-        image, outlined, heatmap = panels(evaluated / "images" / strip_name, 3)
+        image, outlined, heatmap = panels(category_folder / "images" / strip_name, 3)
         reference = Image.open(os.path.join(test_folder, defect, name)).convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR)
         assert np.array_equal(image, np.asarray(reference)), strip_name
         assert not np.array_equal(heatmap, image)
@@ -80,37 +77,38 @@ def test_save_images(evaluated, data_root):
         assert (outlined[outline] == [255, 0, 0]).all(), strip_name  # every pixel of the outline is red
         assert np.array_equal(outlined[~outline], image[~outline]), strip_name
 
-    results = json.loads((evaluated / "results.json").read_text())
+    results = json.loads((category_folder / "results.json").read_text())
     low, high = results["heatmap_range"]
     assert low < high and results["image_f1_threshold"] is not None
 
 
-def test_images_scores_new_folder(trained, evaluated, new_images):
-    _, checkpoint = trained
-    result = run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={evaluated.parent}", f"--images={new_images}",
-                        "--device=cpu")  # predict.py has no data_root: the test split is not loaded
+def test_images_scores_new_folder(evaluated, new_images):
+    run, _ = evaluated
+    result = run_main("predict.py", f"--checkpoint={run / 'checkpoint.pth'}", f"--out_dir={run}", f"--images={new_images}",
+                      "--device=cpu", check=True)  # predict.py has no data_root: the test split is not loaded
+    category_folder = run / CATEGORY
     assert "ignored 1 non-image files" in result.stdout
-    rows = read_csv(evaluated / "predict" / "scores.csv")
+    rows = read_csv(category_folder / "predict" / "scores.csv")
     names = ["a_copy.png", "b.jpg", "c.BMP", "d_gray.png", "e_rgba.png"]
     assert [row["path"] for row in rows] == [str(new_images / n) for n in names]
-    threshold = json.loads((evaluated / "results.json").read_text())["image_f1_threshold"]
+    threshold = json.loads((category_folder / "results.json").read_text())["image_f1_threshold"]
     for row in rows:
         score = float(row["score"])
         if abs(score - threshold) > 1e-5:  # scores.csv rounds to 6 decimals
             assert row["label"] == str(int(score >= threshold)), row
     # the same file scores the same as in the evaluation
-    evaluation = {row["path"]: float(row["score"]) for row in read_csv(evaluated / "scores.csv")}
+    evaluation = {row["path"]: float(row["score"]) for row in read_csv(category_folder / "scores.csv")}
     assert float(rows[0]["score"]) == pytest.approx(evaluation["test/good/000.png"], abs=2e-6)
     for strip_name in ["a_copy.png", "b.jpg.png", "c.BMP.png", "d_gray.png", "e_rgba.png"]:
-        panels(evaluated / "predict" / strip_name, 2)
+        panels(category_folder / "predict" / strip_name, 2)
 
 
 def test_images_threshold_override(trained, new_images, tmp_path):
     """--threshold labels the images without any evaluation (no results.json in this out_dir)."""
     _, checkpoint = trained
     for threshold, label in ((0, "1"), (1e9, "0")):
-        run_script("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", f"--images={new_images}",
-                   f"--threshold={threshold}", "--device=cpu")
+        run_main("predict.py", f"--checkpoint={checkpoint}", f"--out_dir={tmp_path}", f"--images={new_images}",
+                 f"--threshold={threshold}", "--device=cpu", check=True)
         rows = read_csv(tmp_path / CATEGORY / "predict" / "scores.csv")
         assert len(rows) == 5 and all(row["label"] == label for row in rows)
 
