@@ -11,10 +11,10 @@ category, or one model on those of several (the unified multi-class setting).
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
 scales, the OCBE fuses them into one embedding, the student decoder rebuilds the three feature maps; Adam
 trains OCBE + decoder to minimise the teacher-student cosine distance. RD++ puts a trainable projection
-layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (model/pseudo_anomalies.py; its loss in model/losses.py); its
-lines in the loop are marked "RD++". The model after the last epoch is saved to <out_dir>/<category>/checkpoint.pth,
-the settings beside it in config.json and the loss of every epoch in loss.csv (epoch,loss,seconds); evaluate it with
-test.py. No test data is looked at here. A model of several categories goes to <out_dir>/<run name>/ instead
+layer between the teacher and the OCBE and trains it with simplex-noise pseudo-anomalies (model/pseudo_anomalies.py;
+its loss in model/losses.py); its lines in the loop are marked "RD++". The model after the last epoch is saved to
+<out_dir>/<category>/checkpoint.pth, the settings beside it in config.json and the loss of every epoch in loss.csv
+(epoch,loss,seconds); evaluate it with test.py. No test data is looked at here. A model of several categories goes to <out_dir>/<run name>/ instead
 (utils.runs.run_name: bottle+cable+screw, or unified_<n>_categories_<hash> for long lists), its config
 "categories" the sorted list and "category" "".
 

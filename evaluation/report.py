@@ -1,11 +1,11 @@
 """
 HTML reports of what the model decided: one per evaluation, one per folder of scored images, one per sweep. A
 report opens from the file system, offline (no server, nothing fetched from the network): one HTML file with its
-style inline, and its pictures in a folder beside it (plots as PNG, drawn with matplotlib by evaluation/plots.py's process,
-image strips as JPEG).
+style inline, and its pictures in a folder beside it (plots as PNG, drawn with matplotlib by evaluation/plots.py's
+process, image strips as JPEG).
 
     test.py                  -> <out_dir>/<category>/report.html + report/    (write_evaluation_report)
-    predict.py --images=DIR     -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
+    predict.py --images=DIR  -> <out_dir>/<category>/predict/report.html + predict/report/   (write_prediction_report)
     scripts/sweep.py         -> <out_dir>/report.html, its tables linking to each category's report (write_sweep_report)
 
 An evaluation report holds: the metrics with one-line definitions; the threshold used and why, with what it gives

@@ -9,7 +9,8 @@ threshold with it.
     mean = write_mean("runs/bottle+cable", ["bottle", "cable"], same)   # a unified model's mean over its categories
 
 A run folder <out_dir>/<category>/ holds checkpoint.pth, config.json and loss.csv (train.py), results.json,
-scores.csv, curves.json and report.html (test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is train.py's settings as a dict (utils.config
+scores.csv, curves.json and report.html (test.py), sweep.json and log.txt (scripts/sweep.py). `train_config` is
+train.py's settings as a dict (utils.config
 .script_settings("train.py") with the --name=value overrides): a category's results count for it when they were
 trained with its values of the checkpoint's resume_keys, epochs and method; the others show as "other settings".
 The reference rows under ours and their sources are utils/known_datasets.py's.

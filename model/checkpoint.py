@@ -48,9 +48,9 @@ def checkpoint_method(ckpt, path):
 def resolve_settings(ckpt, path, given, need_data_root=True):
     """The settings to score the checkpoint at `path` with: each of CHECKPOINT_SETTINGS from `given` (the command
     line's, '' or 0 when not given) where the checkpoint has none; where it has one, they must agree with it
-    (backbone, image_size) or take its place. Plus its seed, method, `train_config` (None for an official one) and `categories` (those it was trained on);
-    `category` is the one to score, "" for all of a unified model's. need_data_root=False: scoring a folder of new
-    images needs no data_root."""
+    (backbone, image_size) or take its place. Plus its seed, method, `train_config` (None for an official one) and
+    `categories` (those it was trained on); `category` is the one to score, "" for all of a unified model's.
+    need_data_root=False: scoring a folder of new images needs no data_root."""
     trained = ckpt.get("config", OFFICIAL_CONFIG)
     settings = {}
     for name in (n for n in CHECKPOINT_SETTINGS if n != "category"):

@@ -398,7 +398,8 @@ def main():
     check_destination(src, dst, force)
     partial = dst.rstrip(os.sep) + ".partial"  # written first, renamed to dst when complete
     check_outputs(f"dst={dst}", os.path.dirname(partial), folders=[os.path.basename(partial)])
-    plans = FORMATS[format](src, SimpleNamespace(**{k: globals()[k] for k in config_keys}))  # every missing file is found here, before anything is written
+    args = SimpleNamespace(**{k: globals()[k] for k in config_keys})
+    plans = FORMATS[format](src, args)  # every missing file is found here, before anything is written
     for plan in plans:
         written = {}
         for source, relative in plan.images + [(sources[0], relative) for sources, relative in plan.masks]:

@@ -40,7 +40,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from evaluation.metrics import metrics_line  # noqa: E402
-from evaluation.results import category_state, differences, ordered, read_json, requested_config, result_folder, table_path, write_results_md  # noqa: E402
+from evaluation.results import (category_state, differences, ordered, read_json, requested_config, result_folder,  # noqa: E402
+                                table_path, write_results_md)
 from model.protocols import apply_protocol, check_config  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
 from utils.files import atomic_write_json, check_outputs  # noqa: E402
