@@ -287,7 +287,7 @@ def read_split_file(path):
         raise ConfigError(f"{path}: expected a Real-IAD split file, an object with meta {{prefix, normal_class}}, train [...] and test [...]")
     if not {"prefix", "normal_class"} <= set(info["meta"]):
         raise ConfigError(f"{path}: its meta lacks prefix or normal_class")
-    for split in ("train", "test", "validation"):
+    for split in ("train", "test"):
         for i, entry in enumerate(info[split]):
             if not isinstance(entry, dict) or not {"anomaly_class", "image_path", "mask_path"} <= set(entry):
                 raise ConfigError(f"{path}: {split}[{i}] lacks anomaly_class, image_path or mask_path")
