@@ -5,6 +5,8 @@ compute_metrics(image_scores, image_labels, maps, masks) returns, as python floa
   image_auroc, image_f1, image_ap, image_f1_threshold  from per-image scores vs labels
   pixel_auroc, pixel_f1, pixel_ap                      from every pixel of every map vs masks
   pixel_aupro      area under the PRO curve up to FPR 0.3, divided by 0.3 (Bergmann et al.)
+  pixel_aupro_05   the same PRO curve's area up to FPR 0.05, divided by 0.05 (MVTec AD 2's AU-PRO_0.05,
+                   Heckler-Kram et al., arXiv 2503.21622)
   pixel_pro_paper  the per-image PRO of the official RD4AD test script; a different,
                    non-standard number that is NOT comparable to pixel_aupro
 and the ADer benchmark's (zhangzjn/ADer, util/metric.py at 902937a; its unified-setting tables):
@@ -55,6 +57,7 @@ Usage:
     from evaluation.metrics import compute_metrics, metrics_and_curves
     metrics = compute_metrics(image_scores, image_labels, maps, masks)  # numpy or torch
     metrics, curves = metrics_and_curves(image_scores, image_labels, maps, masks)
+    f1 = seg_f1(maps, masks, threshold)  # MVTec AD 2's SegF1 at a threshold from the validation maps
 Tests against slow references: python -m pytest -q tests/test_metrics.py
 Timing against sklearn:        python scripts/bench_metrics.py
 """
@@ -66,6 +69,7 @@ import torch
 from scipy import ndimage
 
 MAX_FPR = 0.3  # AUPRO integration limit, as in the MVTec AD benchmark and the RD4AD script
+MAX_FPR_AD2 = 0.05  # pixel_aupro_05's limit: MVTec AD 2's AU-PRO_0.05
 PAPER_NUM_TH = 200  # thresholds per image in the RD4AD script
 CURVE_POINTS = 300  # vertices kept of each pixel-level curve: enough to draw it, a few kB to store
 # 8-connectivity inside each image and none across images, so labelling the whole
@@ -82,8 +86,10 @@ ADER_CHUNK_PIXELS = 1 << 22  # pixels normalised at a time: 64 MB of float64 tem
 # different sizes, the histogram path (module docstring, "Large sets").
 SORT_MAX_PIXELS = 1 << 26  # 67,108,864: e.g. 256 maps of 512x512
 
-PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_pro_paper",
+PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_aupro_05", "pixel_pro_paper",
                "pixel_f1_21", "pixel_iou_max")
+# the pixel metrics read off one ranking of all pixels: undefined together (no normal or no anomalous pixel)
+RANKED_PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_aupro_05")
 METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", *PIXEL_NAMES, "mad")
 MAD_PARTS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro")
 # printed after a run; results.md tabulates these and ADer's pixel_iou_max and mad (results.TABLES)
@@ -181,9 +187,8 @@ def _f1_max(c):
     return float(f1[best]), float(c.thresholds[best])
 
 
-def _aupro(c, region_sizes, max_fpr=MAX_FPR):
-    """(normalised area under the PRO curve for FPR in [0, max_fpr], the curve's fpr, the curve's pro):
-    the curve from (0, 0) up to and including its point at FPR = max_fpr, the part that is integrated.
+def _pro_levels(c, region_sizes):
+    """(PRO just above each group of c, PRO down to its end, PRO with every anomalous pixel): _pro_area's input.
 
     PRO is the mean over all regions of the fraction of each region detected. Giving each
     anomalous pixel the weight 1 / (number of regions * size of its region) makes PRO at
@@ -193,12 +198,13 @@ def _aupro(c, region_sizes, max_fpr=MAX_FPR):
     weight = np.zeros(region_sizes.size)
     weight[1:] = 1.0 / ((region_sizes.size - 1) * region_sizes[1:].astype(np.float64))
     detected = np.concatenate(([0.0], np.cumsum(weight[c.ids])))
-    return _pro_area(c, detected[c.tps_above], detected[c.tps], detected[-1], max_fpr)
+    return detected[c.tps_above], detected[c.tps], detected[-1]
 
 
-def _pro_area(c, pro_above, pro_at, pro_end, max_fpr=MAX_FPR):
-    """_aupro's result from the PRO just above each group of c (pro_above), down to its end (pro_at), and with
-    every anomalous pixel (pro_end)."""
+def _pro_area(c, pro_above, pro_at, pro_end, max_fpr):
+    """(normalised area under the PRO curve for FPR in [0, max_fpr], the curve's fpr, the curve's pro): the curve
+    from (0, 0) up to and including its point at FPR = max_fpr, the part that is integrated; from the PRO just above
+    each group of c (pro_above), down to its end (pro_at), and with every anomalous pixel (pro_end)."""
     # The curve from (0, 0): each group enters at (its fps_above, PRO so far) and leaves
     # at (its fps, PRO with it), joined by flat runs; it ends at (1, 1).
     fpr = np.empty(2 * c.tps.size + 2)
@@ -404,13 +410,15 @@ def _pixel_metrics(maps, masks, out, undefined, curves):
         out["pixel_auroc"] = _auroc(curve)
         out["pixel_ap"] = _average_precision(curve)
         out["pixel_f1"], _ = _f1_max(curve)
-        out["pixel_aupro"], pro_fpr, pro = _aupro(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        levels = _pro_levels(curve, np.bincount(curve.ids, minlength=n_regions + 1))
+        out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, *levels, MAX_FPR)
+        out["pixel_aupro_05"] = _pro_area(curve, *levels, MAX_FPR_AD2)[0]
         curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
         curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
         curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
-        for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro"):
+        for name in RANKED_PIXEL_NAMES:
             undefined[name] = reason
 
     # F1 and IoU need anomalous pixels only; masks without any normal pixel still define them.
@@ -614,13 +622,15 @@ def _pixel_metrics_histogram(maps, masks, out, undefined, curves):
         out["pixel_ap"] = _average_precision(curve)
         out["pixel_f1"], _ = _f1_max(curve)
         pro_at = np.cumsum(total["detected"][::-1][group]) / n_regions
-        out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, np.append(0.0, pro_at[:-1]), pro_at, pro_at[-1])
+        levels = np.append(0.0, pro_at[:-1]), pro_at, pro_at[-1]
+        out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, *levels, MAX_FPR)
+        out["pixel_aupro_05"] = _pro_area(curve, *levels, MAX_FPR_AD2)[0]
         curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
         curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
         curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
-        for name in ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro"):
+        for name in RANKED_PIXEL_NAMES:
             undefined[name] = reason
 
     if n_pixels_anomalous:
@@ -642,3 +652,38 @@ def _pixel_metrics_histogram(maps, masks, out, undefined, curves):
         out["pixel_pro_paper"] = float(np.mean(per_image))
     else:
         undefined["pixel_pro_paper"] = "no image has anomalous pixels"
+
+
+# ----------------------------------------------------------------------------- MVTec AD 2's SegF1
+
+def seg_f1(maps, masks, threshold):
+    """MVTec AD 2's SegF1 (Heckler-Kram et al., arXiv 2503.21622): the F1 of the pixels predicted anomalous
+    (map >= threshold) against the masks, all pixels of all images pooled: 2 TP / (2 TP + FP + FN).
+
+    maps, masks: sequences (a list, an (N, H, W) array or tensor) of N (H_i, W_i) maps and 0/1 masks, sizes that may
+    differ; read one image at a time, so memory is that of one image (native size). threshold: one float for every
+    image, chosen without the test defects (evaluation.threshold.validation_threshold). A ValueError where the masks
+    hold no anomalous pixel (SegF1 is then 0 or 0/0) or a map holds NaN.
+
+    What the public sources fix, and what they leave open: MVTec's submission checker (MVTecAD2_public_code_utils,
+    utils.py and check_and_prepare_data_for_upload.py, read in the copy of github denisonus/mvtec_research at commit
+    0f1357483f3d96e0a08f274c239888c8e2d7f604) takes the binarised maps as 0/255 PNGs and scores them on MVTec's
+    server, whose code is not public: the side a pixel equal to the threshold falls on is the submitter's choice
+    (here >=, as this module's F1-max and evaluation/threshold.py), and pooling every pixel of a test set, rather
+    than averaging per image, is this function's reading of the paper's pixel F1, not checked against the server.
+    """
+    if not np.isfinite(float(threshold)):
+        raise ValueError(f"threshold {threshold}: must be a finite number")
+    maps, masks = _per_image(maps, masks, len(maps))
+    tp = fp = n_anomalous = 0
+    for amap, mask in zip(maps, masks):
+        amap, mask = _numpy(amap), _as_binary(mask, "masks")
+        if np.isnan(amap).any():
+            raise ValueError("maps contains NaN")
+        predicted = amap >= threshold
+        tp += int(np.count_nonzero(predicted & mask))
+        fp += int(np.count_nonzero(predicted & ~mask))
+        n_anomalous += int(np.count_nonzero(mask))
+    if not n_anomalous:
+        raise ValueError("masks have no anomalous pixels: SegF1 is undefined")
+    return 2.0 * tp / (tp + fp + n_anomalous)

@@ -52,6 +52,7 @@ METRICS = {  # name: one-line definition, in the order shown
     "pixel_f1": "best F1 over all thresholds of the pixel scores",
     "pixel_aupro": "area under the per-region overlap (PRO) curve up to a false-positive rate of 0.3, divided by 0.3: "
                    "every defect region counts alike, whatever its size",
+    "pixel_aupro_05": "the same PRO curve's area up to a false-positive rate of 0.05, divided by 0.05: MVTec AD 2's AU-PRO_0.05",
     "pixel_pro_paper": "the official RD4AD script's per-image PRO: a different number, not comparable with pixel_aupro",
 }
 

@@ -17,6 +17,13 @@ flip it. (Where no score is larger than s(k+1) the threshold is the next float a
 above it.) N images resolve rates in steps of 1/N: the calibration needs N >= 1/r images (k >= 1), and the rate it
 resolves is k/N <= r.
 
+Pixel thresholds, for segmentation (a pixel whose map value is >= the threshold is anomalous), from the maps of
+defect-free images, read one map at a time:
+  validation_threshold(maps)             MVTec AD 2's baseline: mean + 3 standard deviations of every pixel score of
+                                         the validation maps (its source in the function's docstring)
+  pixel_false_alarm_threshold(maps, r)   false_alarm_threshold's rule over every pixel of the maps: at most a
+                                         fraction r of the good pixels at or above it
+
 Which threshold a run uses (choose_threshold): --threshold where given, else threshold.json beside the checkpoint
 (when it was calibrated on this very checkpoint file, by its SHA-256, at the same image_size and map_mode), else
 the image F1-max threshold of the checkpoint's evaluation (results.json), which was picked with the test labels.
@@ -65,6 +72,75 @@ def false_alarm_threshold(scores, rate):
     just_above = np.nextafter(below, np.inf)
     threshold = max((below + above[-1]) / 2, just_above) if above.size else just_above
     return float(threshold), k
+
+
+def _pixels(maps, what):
+    """Each map of the sequence maps (numpy arrays or torch tensors) as a flat float numpy array, one at a time;
+    ValueError for none, or a map with NaN."""
+    if len(maps) == 0:
+        raise ValueError(f"{what}: no maps")
+    for amap in maps:
+        values = amap.detach().cpu().numpy() if hasattr(amap, "detach") else np.asarray(amap)
+        values = values.ravel() if values.dtype in (np.float32, np.float64) else values.ravel().astype(np.float64)
+        if np.isnan(values).any():
+            raise ValueError(f"{what}: a map contains NaN")
+        yield values
+
+
+def validation_threshold(maps):
+    """MVTec AD 2's segmentation threshold from the anomaly maps of its defect-free validation images:
+    mean + 3 * std of all their pixel scores pooled (std: numpy's np.std, the population standard deviation).
+
+    Source: MVTec's submission checker, MVTecAD2_public_code_utils/check_and_prepare_data_for_upload.py (read in the
+    copy of github denisonus/mvtec_research at commit 0f1357483f3d96e0a08f274c239888c8e2d7f604), which, where the
+    thresholded maps are missing, suggests binarising the anomaly images with "segmentation_threshold =
+    np.mean(anomaly_scores_val) + 3 * np.std(anomaly_scores_val)". The threshold binarises pixels, so the scores are
+    the validation maps' pixel scores, not image scores (the checker names no image score; the MVTec AD 2 paper's
+    own wording was not available to check). maps: a sequence of (H_i, W_i) maps, sizes that may differ, read one
+    at a time; the mean and variance are merged image by image (Chan et al.'s pairwise update), which keeps float64
+    accuracy where a sum of squares would cancel."""
+    count, mean, m2 = 0, 0.0, 0.0  # pixels so far, their mean, their sum of squared deviations from it
+    for values in _pixels(maps, "validation maps"):
+        n = values.size
+        if not n:
+            continue
+        image_mean = float(np.mean(values, dtype=np.float64))
+        image_m2 = float(np.sum(np.square(values.astype(np.float64) - image_mean)))
+        delta = image_mean - mean
+        total = count + n
+        mean += delta * n / total
+        m2 += image_m2 + delta * delta * count * n / total
+        count = total
+    if not count:
+        raise ValueError("validation maps: no pixels")
+    return mean + 3.0 * math.sqrt(m2 / count)
+
+
+def pixel_false_alarm_threshold(maps, rate):
+    """(threshold, k) for the pixel scores of defect-free maps: false_alarm_threshold's rule (module docstring) with
+    every pixel of every map as one score: k = floor(rate * n_pixels) and at most k pixels are >= the threshold.
+    maps: a sequence of (H_i, W_i) maps; their pixels are gathered into one array (4 bytes a pixel for float32 maps)
+    and the (k+1)-th largest found by selection, not a full sort. The threshold is a value of the maps' dtype
+    (float32 maps: a float32 value), so the pixels at or above it are the same compared in float32 or float64; it
+    can equal the smallest score above the (k+1)-th largest (where the two are neighbouring floats), which then
+    counts among the k. A ValueError for a rate outside (0, 1) or fewer than min_images(rate) pixels."""
+    if not 0 < rate < 1:
+        raise ValueError(f"false_alarm_rate={rate}: must be in (0, 1)")
+    pixels = np.concatenate(list(_pixels(maps, "good maps")))
+    k = math.floor(rate * pixels.size + RATE_SLACK)
+    if k < 1:
+        raise ValueError(f"{pixels.size} pixels cannot resolve a false-alarm rate of {rate}: "
+                         f"at least {min_images(rate)} are needed (1/rate)")
+    pixels.partition(pixels.size - k - 1)  # ascending around it: the top k after it
+    below = pixels[pixels.size - k - 1]  # the (k+1)-th largest: the largest that must fall below
+    top = pixels[pixels.size - k:]
+    larger = top[top > below]
+    # The threshold is a value of the maps' own dtype: float32 maps compare with a Python float as float32 (NumPy 2),
+    # where a float64 just above a float32 score would round back onto it. The midpoint, rounded to that dtype, can
+    # land on `below` where the two are neighbours; the next value above `below` is then the threshold.
+    just_above = np.nextafter(below, pixels.dtype.type(np.inf))
+    midpoint = pixels.dtype.type((float(below) + float(larger.min())) / 2) if larger.size else just_above
+    return float(max(midpoint, just_above)), k
 
 
 def file_sha256(path):

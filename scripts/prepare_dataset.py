@@ -9,6 +9,7 @@ train.py, test.py and the sweep read (see dataset.py):
     DST/CATEGORY/train/good/<image>                 normal training images
     DST/CATEGORY/test/<type>/<image>                test images; 'good' is normal
     DST/CATEGORY/ground_truth/<type>/<stem>_mask.png  one 0/255 PNG mask per anomalous test image
+    DST/CATEGORY/validation/good/<image>            (mvtec_ad_2 only) defect-free images held out for a threshold
 
 Formats (each from the dataset's own readme and preparation code):
   visa        split_csv/1cls.csv (object,split,label,image,mask) decides train/test, as the authors' prepare_data.py;
@@ -21,8 +22,10 @@ Formats (each from the dataset's own readme and preparation code):
   btad        NN/train/ok, NN/test/ok -> good, NN/test/ko, masks NN/ground_truth/ko/<stem>.png or .bmp
   mpdd        the MVTec layout; masks ground_truth/<type>/<stem>_mask.png (or <stem>.png), rewritten as 0/255 PNGs
   mvtec_ad_2  train/good, test_public/{good,bad}, masks test_public/ground_truth/bad/<stem>_mask.png; validation/good
-              is not used; test_private and test_private_mixed have no ground truth and are not converted (score them
-              with python predict.py --images=DIR)
+              becomes DST/CATEGORY/validation/good (defect-free images: MVTec AD 2's segmentation threshold comes
+              from them; train.py and test.py do not read that folder); test_private and test_private_mixed have no
+              ground truth and are not converted: they are scored from the source folders (predict.py --images=DIR,
+              or a submission for MVTec's evaluation server, the only place their metrics come from)
   real_iad    Real-IAD: images realiad_<resolution>/<object>/ (realiad_1024, realiad_256, realiad_raw: --resolution
               picks one where several are extracted), split files <object>.json in realiad_jsons/ (all five camera
               views C1-C5, each view an image: --views=all, as the ADer benchmark evaluates) or realiad_jsons_sv/
@@ -241,11 +244,14 @@ def plan_mvtec_ad_2(root, args):
         public = os.path.join(root, c, "test_public")
         need_dir(public, "MVTec AD 2's test_public split (the test set with ground truth)")
         tests = {t: os.path.join("test_public", t) for t in test_types(public, exclude=("ground_truth",))}
-        plans.append(plan_split_folders(os.path.join(root, c), c, os.path.join("train", "good"), tests,
-                                        lambda t: os.path.join(public, "ground_truth", t), ("_mask",),
-                                        skipped=[("validation/good (not used)", os.path.join("validation", "good")),
-                                                 ("test_private (no ground truth)", "test_private"),
-                                                 ("test_private_mixed (no ground truth)", "test_private_mixed")]))
+        plan = plan_split_folders(os.path.join(root, c), c, os.path.join("train", "good"), tests,
+                                  lambda t: os.path.join(public, "ground_truth", t), ("_mask",),
+                                  skipped=[("test_private (no ground truth)", "test_private"),
+                                           ("test_private_mixed (no ground truth)", "test_private_mixed")])
+        # the defect-free images MVTec AD 2's protocol takes its segmentation threshold from
+        for path in list_images(need_dir(os.path.join(root, c, "validation", "good"), "MVTec AD 2's validation images")):
+            plan.image(path, "validation", "good")
+        plans.append(plan)
     return plans
 
 
@@ -360,7 +366,7 @@ def check_category(folder, plan):
     """Counts per split of the written category, after checking it against the plan: every image there, every
     anomalous test image with its mask (as dataset.py looks for it), every mask 0/255."""
     counts = {}
-    for split in ("train", "test"):
+    for split in ("train", "test", "validation"):
         for kind in sorted(os.listdir(os.path.join(folder, split))) if os.path.isdir(os.path.join(folder, split)) else []:
             paths = list_images(os.path.join(folder, split, kind))
             counts[f"{split}/{kind}"] = len(paths)

@@ -160,18 +160,20 @@ def make_mpdd(root):
 
 
 def make_mvtec_ad_2(root):
-    """MVTec AD 2: <cat>/train/good, validation/good, test_public/{good,bad,ground_truth/bad/<stem>_mask.png},
-    test_private and test_private_mixed without ground truth."""
+    """MVTec AD 2: <cat>/train/good, validation/good, test_public/{good,bad,ground_truth/bad/<stem>_mask.png}, and
+    the unlabelled test_private/NNN_regular.png and test_private_mixed/NNN_mixed.png (the names MVTec's
+    MVTecAD2_public_code_utils reads and its submission checker expects back as NNN_regular.tiff, NNN_mixed.tiff)."""
     cat = os.path.join(root, "vial")
     for i in range(4):
         write_image(os.path.join(cat, "train", "good", f"{i:03d}_regular.png"), seed=i)
-    write_image(os.path.join(cat, "validation", "good", "000_regular.png"), seed=9)
+    for i in range(3):
+        write_image(os.path.join(cat, "validation", "good", f"{i:03d}_regular.png"), seed=9 + i)
     for i in range(2):
         write_image(os.path.join(cat, "test_public", "good", f"{i:03d}_regular.png"), seed=20 + i)
         write_image(os.path.join(cat, "test_public", "bad", f"{i:03d}_regular.png"), seed=30 + i, defect=True)
         write_mask(os.path.join(cat, "test_public", "ground_truth", "bad", f"{i:03d}_regular_mask.png"))
-        write_image(os.path.join(cat, "test_private", f"{i:03d}.png"), seed=40 + i)
-        write_image(os.path.join(cat, "test_private_mixed", f"{i:03d}.png"), seed=50 + i)
+        write_image(os.path.join(cat, "test_private", f"{i:03d}_regular.png"), seed=40 + i)
+        write_image(os.path.join(cat, "test_private_mixed", f"{i:03d}_mixed.png"), seed=50 + i)
 
 
 REAL_IAD_TIME = "20231021130210"
@@ -270,7 +272,7 @@ def test_sweep_runs_converted_visa_without_categories(visa, tmp_path):
      {"01": "train/good 4, test/good 2, test/ko 2, masks 2", "03": "train/good 4, test/good 2, test/ko 2, masks 2"}),
     ("mpdd", make_mpdd, ["tubes"], {"tubes": "train/good 4, test/anomalous 2, test/good 2, masks 2"}),
     ("mvtec_ad_2", make_mvtec_ad_2, ["vial"],
-     {"vial": ("train/good 4, test/bad 2, test/good 2, masks 2; left out: 1 validation/good (not used); "
+     {"vial": ("train/good 4, test/bad 2, test/good 2, validation/good 3, masks 2; "
                "left out: 2 test_private (no ground truth); left out: 2 test_private_mixed (no ground truth)")}),
 ])
 def test_format_converts_and_trains(fmt, make, categories, expected, tmp_path):
@@ -284,6 +286,21 @@ def test_format_converts_and_trains(fmt, make, categories, expected, tmp_path):
     results = train_and_test(dst, categories[0], str(tmp_path / "runs"))
     assert results["n_anomalous"] == {"mvtec_loco": 4}.get(fmt, 2) and results["n_images"] == results["n_anomalous"] + 2
     assert results["pixel_auroc"] is not None and results["image_auroc"] is not None
+
+
+def test_mvtec_ad_2_keeps_validation_images_and_leaves_private_sets_in_the_source(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "converted")
+    make_mvtec_ad_2(src)
+    prepare("mvtec_ad_2", src, dst)
+    validation = os.path.join(dst, "vial", "validation", "good")
+    assert files(validation) == ["000_regular.png", "001_regular.png", "002_regular.png"]
+    for name in files(validation):  # hard-linked: the source's very file
+        assert os.path.samefile(os.path.join(validation, name), os.path.join(src, "vial", "validation", "good", name))
+    assert files(os.path.join(dst, "vial")) == ["ground_truth", "test", "train", "validation"]
+
+    shutil.rmtree(os.path.join(src, "vial", "validation"))
+    missing = prepare("mvtec_ad_2", src, str(tmp_path / "other"), check=False)
+    assert missing.returncode == 2 and "validation/good: missing; expected MVTec AD 2's validation images" in missing.stderr
 
 
 def test_converter_refusals(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_category, run_main
-from evaluation.threshold import false_alarm_threshold, min_images
+from evaluation.threshold import false_alarm_threshold, min_images, pixel_false_alarm_threshold, validation_threshold
 from utils.demo_data import make_sample
 
 CATEGORY = "stripes"
@@ -54,6 +54,49 @@ def test_rule_needs_enough_images():
     for rate in (0, 1, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"\(0, 1\)"):
             false_alarm_threshold(np.arange(100.0), rate)
+
+
+def validation_maps(seed, offset=0.0):
+    """Good maps of different sizes, float32 as the networks give, shifted by offset."""
+    rng = np.random.default_rng(seed)
+    return [(offset + rng.gamma(2.0, 0.05, (h, w))).astype(np.float32) for h, w in ((40, 30), (25, 50), (33, 33))]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])  # 1000: a large mean, where a sum of squares would cancel
+def test_validation_threshold_is_mean_plus_3_std_of_the_pixels(offset):
+    maps = validation_maps(0, offset)
+    pixels = np.concatenate([m.ravel().astype(np.float64) for m in maps])
+    # the rule as MVTec's checker writes it: np.mean(scores) + 3 * np.std(scores), over every validation pixel
+    expected = np.mean(pixels) + 3 * np.std(pixels)
+    assert abs(validation_threshold(maps) - expected) <= 1e-12 * max(1.0, abs(expected))
+    same = maps[2].astype(np.float64)  # an (N, H, W) stack works too; one image twice: that image's statistics
+    assert abs(validation_threshold(np.stack([maps[2], maps[2]])) - (np.mean(same) + 3 * np.std(same))) < 1e-9
+    with pytest.raises(ValueError, match="validation maps: no maps"):
+        validation_threshold([])
+    with pytest.raises(ValueError, match="a map contains NaN"):
+        validation_threshold([np.full((2, 2), np.nan)])
+
+
+@pytest.mark.parametrize("rate", [0.001, 0.01, 0.05])
+def test_pixel_false_alarm_threshold(rate):
+    maps = validation_maps(1)
+    pixels = np.sort(np.concatenate([m.ravel() for m in maps]).astype(np.float64))[::-1]  # largest first
+    threshold, k = pixel_false_alarm_threshold(maps, rate)
+    assert k == int(rate * pixels.size + 1e-9)
+    # the images' rule on pixels: exactly the pixels above the (k+1)-th largest are at or above the threshold
+    assert at_or_above(pixels, threshold) == int(np.sum(pixels > pixels[k])) <= k
+    assert np.float32(threshold) == threshold  # a float32 value: float32 maps compare with it as float64 ones do
+    assert at_or_above(pixels.astype(np.float32), threshold) == at_or_above(pixels, threshold)
+
+
+def test_pixel_false_alarm_threshold_ties_and_refusals():
+    tied = [np.array([[0.0, 1.0], [1.0, 1.0]], np.float32), np.zeros((2, 3), np.float32)]  # 10 pixels, three of 1.0
+    assert at_or_above(np.concatenate([m.ravel() for m in tied]), pixel_false_alarm_threshold(tied, 0.2)[0]) == 0
+    assert pixel_false_alarm_threshold(tied, 0.3) == (0.5, 3)
+    with pytest.raises(ValueError, match="10 pixels cannot resolve a false-alarm rate of 0.05"):
+        pixel_false_alarm_threshold(tied, 0.05)
+    with pytest.raises(ValueError, match="false_alarm_rate=1: must be in"):
+        pixel_false_alarm_threshold(tied, 1)
 
 
 def test_demo_data_calibration_images_are_new(tmp_path):
