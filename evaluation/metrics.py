@@ -400,6 +400,20 @@ def metrics_and_curves(image_scores, image_labels, maps, masks, pixel_path=None)
     return out, curves
 
 
+def _ranked_pixel_metrics(curve, pro_levels, out, curves):
+    """The pixel metrics read off the ranking of the pixels (AUROC, AP, F1-max, both AU-PROs) into out, and their
+    curves into curves: from the sort path's _curve or the histogram path's, and the PRO at each of its groups
+    (_pro_levels' (above, at, end))."""
+    out["pixel_auroc"] = _auroc(curve)
+    out["pixel_ap"] = _average_precision(curve)
+    out["pixel_f1"], _ = _f1_max(curve)
+    out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, *pro_levels, MAX_FPR)
+    out["pixel_aupro_05"] = _pro_area(curve, *pro_levels, MAX_FPR_AD2)[0]
+    curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
+    curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
+    curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
+
+
 def _pixel_metrics(maps, masks, out, undefined, curves):
     """Fill `out` with the pixel metrics of maps (N, H, W) against bool masks (N, H, W), `undefined` with the
     reasons of those the masks cannot define, and `curves` with the pixel curves (metrics_and_curves)."""
@@ -407,15 +421,7 @@ def _pixel_metrics(maps, masks, out, undefined, curves):
     n_pixels_anomalous = int(np.count_nonzero(regions))
     if 0 < n_pixels_anomalous < regions.size:
         curve = _curve(maps.ravel(), regions.ravel())
-        out["pixel_auroc"] = _auroc(curve)
-        out["pixel_ap"] = _average_precision(curve)
-        out["pixel_f1"], _ = _f1_max(curve)
-        levels = _pro_levels(curve, np.bincount(curve.ids, minlength=n_regions + 1))
-        out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, *levels, MAX_FPR)
-        out["pixel_aupro_05"] = _pro_area(curve, *levels, MAX_FPR_AD2)[0]
-        curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
-        curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
-        curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
+        _ranked_pixel_metrics(curve, _pro_levels(curve, np.bincount(curve.ids, minlength=n_regions + 1)), out, curves)
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
         for name in RANKED_PIXEL_NAMES:
@@ -618,16 +624,8 @@ def _pixel_metrics_histogram(maps, masks, out, undefined, curves):
     n_pixels_anomalous = int(positive.sum())
     if 0 < n_pixels_anomalous < int(pixels.sum()):
         curve, group = _histogram_curve(values, pixels, positive)
-        out["pixel_auroc"] = _auroc(curve)
-        out["pixel_ap"] = _average_precision(curve)
-        out["pixel_f1"], _ = _f1_max(curve)
         pro_at = np.cumsum(total["detected"][::-1][group]) / n_regions
-        levels = np.append(0.0, pro_at[:-1]), pro_at, pro_at[-1]
-        out["pixel_aupro"], pro_fpr, pro = _pro_area(curve, *levels, MAX_FPR)
-        out["pixel_aupro_05"] = _pro_area(curve, *levels, MAX_FPR_AD2)[0]
-        curves["pixel_roc"] = _curve_dict(("fpr", "tpr"), downsample(*_roc(curve)))
-        curves["pixel_pr"] = _curve_dict(("recall", "precision"), downsample(*_precision_recall(curve)))
-        curves["pixel_pro"] = _curve_dict(("fpr", "pro"), downsample(pro_fpr, pro))
+        _ranked_pixel_metrics(curve, (np.append(0.0, pro_at[:-1]), pro_at, pro_at[-1]), out, curves)
     else:
         reason = "masks have no normal pixels" if n_pixels_anomalous else "masks have no anomalous pixels"
         for name in RANKED_PIXEL_NAMES:
