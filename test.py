@@ -107,7 +107,7 @@ def evaluation_threshold(args, settings, results, scores, labels):
     the checkpoint if any, printing what it does on the test set, else the F1-max threshold just computed."""
     choice = choose_threshold(None, args.checkpoint, settings["image_size"], args.map_mode, results)
     if choice.calibration:
-        flagged, anomalous = scores >= choice.value, labels.bool()
+        flagged, anomalous = scores.double() >= choice.value, labels.bool()  # float64: a float32 compare rounds the threshold
         print(f"calibrated threshold {choice.value:.6f} ({choice.calibration['path']}): false alarms on "
               f"{int((flagged & ~anomalous).sum())} of {int((~anomalous).sum())} good test images, "
               f"defects caught {int((flagged & anomalous).sum())} of {int(anomalous.sum())}")
