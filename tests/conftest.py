@@ -11,6 +11,7 @@ import sys
 import traceback
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -208,3 +209,34 @@ def cache_home(tmp_path_factory):
         del os.environ["XDG_CACHE_HOME"]
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+def make_mvtec_ad_2_source(root, sizes, n_private=3, n_validation=2, n_train=4):
+    """MVTec AD 2 as MVTec distributes it, for the objects of `sizes` ({object: (height, width)}): <object>/train/good,
+    validation/good, test_public/{good,bad,ground_truth/bad}, and the unlabelled test_private/NNN_regular.png and
+    test_private_mixed/NNN_mixed.png, n_private of each. Random RGB images of the object's size; a bright square in the
+    public defects (masked in ground_truth) and in the odd-numbered mixed images."""
+    rng = np.random.default_rng(0)
+
+    def write(path, size, square=False):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pixels = rng.integers(60, 120, size=(*size, 3), dtype=np.uint8)
+        if square:
+            pixels[size[0] // 4:size[0] // 2, size[1] // 4:size[1] // 2] = 250
+        Image.fromarray(pixels).save(path)
+
+    for name, size in sizes.items():
+        folder = os.path.join(root, name)
+        for i in range(n_train):
+            write(os.path.join(folder, "train", "good", f"{i:03d}_regular.png"), size)
+        for i in range(n_validation):
+            write(os.path.join(folder, "validation", "good", f"{i:03d}_regular.png"), size)
+        write(os.path.join(folder, "test_public", "good", "000_regular.png"), size)
+        write(os.path.join(folder, "test_public", "bad", "000_regular.png"), size, square=True)
+        mask = np.zeros(size, np.uint8)
+        mask[size[0] // 4:size[0] // 2, size[1] // 4:size[1] // 2] = 255
+        os.makedirs(os.path.join(folder, "test_public", "ground_truth", "bad"), exist_ok=True)
+        Image.fromarray(mask).save(os.path.join(folder, "test_public", "ground_truth", "bad", "000_regular_mask.png"))
+        for i in range(n_private):
+            write(os.path.join(folder, "test_private", f"{i:03d}_regular.png"), size)
+            write(os.path.join(folder, "test_private_mixed", f"{i:03d}_mixed.png"), size, square=i % 2 == 1)
