@@ -60,18 +60,33 @@ def false_alarm_threshold(scores, rate):
     """(threshold, k) for the scores of good images: k = floor(rate * N) and at most k of the scores are >= the
     threshold (the rule in the module docstring). A ValueError for a rate outside (0, 1) or fewer than
     min_images(rate) scores."""
+    check_rate(rate)
+    return rule_threshold(np.array(scores, dtype=np.float64).ravel(), rate, "images")
+
+
+def check_rate(rate):
     if not 0 < rate < 1:
         raise ValueError(f"false_alarm_rate={rate}: must be in (0, 1)")
-    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]  # largest first
-    k = math.floor(rate * ranked.size + RATE_SLACK)
+
+
+def rule_threshold(values, rate, noun):
+    """(threshold, k): the module docstring's rule for the flat float array values (reordered in place: the (k+1)-th
+    largest is found by selection, not a full sort), a ValueError naming `noun` where there are too few of them.
+    The threshold is a value of the array's dtype (float32 pixels: a float32 value), so the values at or above it are
+    the same compared in that dtype or in float64. The midpoint, rounded to that dtype, can land on the (k+1)-th
+    largest where the two are neighbouring floats; the next value above that is then the threshold, and the value
+    just above it counts among the k."""
+    k = math.floor(rate * values.size + RATE_SLACK)
     if k < 1:
-        raise ValueError(f"{ranked.size} images cannot resolve a false-alarm rate of {rate}: "
+        raise ValueError(f"{values.size} {noun} cannot resolve a false-alarm rate of {rate}: "
                          f"at least {min_images(rate)} are needed (1/rate)")
-    below = ranked[k]  # the (k+1)-th largest score: the largest that must fall below the threshold
-    above = ranked[:k][ranked[:k] > below]
-    just_above = np.nextafter(below, np.inf)
-    threshold = max((below + above[-1]) / 2, just_above) if above.size else just_above
-    return float(threshold), k
+    values.partition(values.size - k - 1)  # ascending around it: the top k after it
+    below = values[values.size - k - 1]  # the (k+1)-th largest: the largest that must fall below the threshold
+    top = values[values.size - k:]
+    larger = top[top > below]
+    just_above = np.nextafter(below, values.dtype.type(np.inf))
+    midpoint = values.dtype.type((float(below) + float(larger.min())) / 2) if larger.size else just_above
+    return float(max(midpoint, just_above)), k
 
 
 def _pixels(maps, what):
@@ -119,28 +134,12 @@ def validation_threshold(maps):
 def pixel_false_alarm_threshold(maps, rate):
     """(threshold, k) for the pixel scores of defect-free maps: false_alarm_threshold's rule (module docstring) with
     every pixel of every map as one score: k = floor(rate * n_pixels) and at most k pixels are >= the threshold.
-    maps: a sequence of (H_i, W_i) maps; their pixels are gathered into one array (4 bytes a pixel for float32 maps)
-    and the (k+1)-th largest found by selection, not a full sort. The threshold is a value of the maps' dtype
-    (float32 maps: a float32 value), so the pixels at or above it are the same compared in float32 or float64; it
-    can equal the smallest score above the (k+1)-th largest (where the two are neighbouring floats), which then
-    counts among the k. A ValueError for a rate outside (0, 1) or fewer than min_images(rate) pixels."""
-    if not 0 < rate < 1:
-        raise ValueError(f"false_alarm_rate={rate}: must be in (0, 1)")
-    pixels = np.concatenate(list(_pixels(maps, "good maps")))
-    k = math.floor(rate * pixels.size + RATE_SLACK)
-    if k < 1:
-        raise ValueError(f"{pixels.size} pixels cannot resolve a false-alarm rate of {rate}: "
-                         f"at least {min_images(rate)} are needed (1/rate)")
-    pixels.partition(pixels.size - k - 1)  # ascending around it: the top k after it
-    below = pixels[pixels.size - k - 1]  # the (k+1)-th largest: the largest that must fall below
-    top = pixels[pixels.size - k:]
-    larger = top[top > below]
-    # The threshold is a value of the maps' own dtype: float32 maps compare with a Python float as float32 (NumPy 2),
-    # where a float64 just above a float32 score would round back onto it. The midpoint, rounded to that dtype, can
-    # land on `below` where the two are neighbours; the next value above `below` is then the threshold.
-    just_above = np.nextafter(below, pixels.dtype.type(np.inf))
-    midpoint = pixels.dtype.type((float(below) + float(larger.min())) / 2) if larger.size else just_above
-    return float(max(midpoint, just_above)), k
+    maps: a sequence of (H_i, W_i) maps; their pixels are gathered into one array (4 bytes a pixel for float32 maps).
+    The threshold is a value of the maps' dtype (rule_threshold): float32 maps compare with a Python float as float32
+    (NumPy 2), where a float64 just above a float32 score would round back onto it. A ValueError for a rate outside
+    (0, 1) or fewer than min_images(rate) pixels."""
+    check_rate(rate)
+    return rule_threshold(np.concatenate(list(_pixels(maps, "good maps"))), rate, "pixels")
 
 
 def file_sha256(path):
