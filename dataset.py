@@ -9,6 +9,11 @@ MVTec AD folder layout, read as uint8 tensors (decoded and resized once).
     images = load_train_images("data/mvtec", "bottle", 256)    # (N,3,256,256) uint8; model.encoder.normalize for the teacher
     images = load_train_set("data/mvtec", ["bottle", "cable"], 256, in_memory="auto", cache_dir=cache_dir, device=device, label="bottle+cable")
     batch = images[order[:16]]                                 # (16,3,256,256) uint8 on device, either way
+    corners = crop_corners(seed, step, 16, (256, 256), 128)    # (16,2) top-left corners, from (seed, step) alone
+    crops = read_batch(images, order[:16], corners, 128)        # (16,3,128,128): each image's window at its corner
+    masks = load_native_masks("data/mvtec", "bottle", paths)    # eval_size=native: each test image's mask at its own size
+
+A size is an int (a square) or [height, width] (utils/config.py): images are then (N,3,H,W).
 
 load_train_set serves train.py the training images of one category or of several together (the unified setting:
 one model on the union, in the order of the sorted categories, each category's files sorted). They are decoded
@@ -32,30 +37,33 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import ConfigError
+from utils.config import ConfigError, size_hw
 from utils.image_store import open_store
 from utils.images import IMAGE_EXTENSIONS, list_images, load_all, mask_path_for, open_image, read_images
 from utils.memory import memory_decision
 
+CROP_STREAM = 1  # crop_corners' random stream, apart from RD++'s noise draws of the same (seed, step)
+
 
 def load_mask(path, size, image_path):
-    """((size,size) bool tensor, whether the file held values other than 0 and 255): the mask binarised (any non-zero
+    """((H,W) bool tensor at size, whether the file held values other than 0 and 255): the mask binarised (any non-zero
     value is anomalous: 0/1 masks and label indices count too), resized bilinearly and binarised again at > 0.5."""
+    height, width = size_hw(size)
     mask = open_image(path)
     if mask.mode not in ("1", "L"):
         raise ConfigError(f"{path}: a mask must be a binary or grayscale image, this one is {mask.mode}")
     with Image.open(image_path) as img:
         if img.size != mask.size:
-            warnings.warn(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is {img.size[0]}x{img.size[1]}; both are resized to {size}x{size}")
+            warnings.warn(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is {img.size[0]}x{img.size[1]}; both are resized to {width}x{height}")
     values = np.asarray(mask.convert("L"))  # (H,W) uint8
     other_values = bool(((values != 0) & (values != 255)).any())
     binary = Image.fromarray((values != 0).astype(np.uint8) * 255)
-    resized = np.asarray(binary.resize((size, size), Image.Resampling.BILINEAR))
+    resized = np.asarray(binary.resize((width, height), Image.Resampling.BILINEAR))
     return torch.from_numpy(resized > 127.5), other_values  # ToTensor's /255, then > 0.5
 
 
 def load_images(paths, size):
-    """The images at paths as one (N,3,size,size) uint8 tensor (utils.images.read_images)."""
+    """The images at paths as one (N,3,H,W) uint8 tensor at size (utils.images.read_images)."""
     return torch.from_numpy(read_images(paths, size))
 
 
@@ -92,7 +100,7 @@ def train_image_paths(data_root, category):
 
 
 def load_train_images(data_root, category, size):
-    """All images of CATEGORY/train/good as one (N,3,size,size) uint8 tensor."""
+    """All images of CATEGORY/train/good as one (N,3,H,W) uint8 tensor at size."""
     return load_images(train_image_paths(data_root, category), size)
 
 
@@ -116,7 +124,7 @@ def find_categories(data_root, names):
 
 class StreamedImages:
     """The training images as train.py indexes them, read from the store at each batch: images[index] with a slice,
-    a list or an int64 tensor of positions -> (B,3,S,S) uint8 tensor on `device`, like the in-memory tensor's."""
+    a list or an int64 tensor of positions -> (B,3,H,W) uint8 tensor on `device`, like the in-memory tensor's."""
 
     def __init__(self, store, device):
         self.store, self.device = store, device
@@ -128,16 +136,41 @@ class StreamedImages:
         rows = range(len(self.store))[index] if isinstance(index, slice) else torch.as_tensor(index).tolist()
         return torch.from_numpy(self.store.read(rows)).to(self.device)
 
+    def crops(self, rows, corners, size):
+        """crop_batch's windows, read from the store (utils.image_store.ImageStore.read_crops)."""
+        return torch.from_numpy(self.store.read_crops(rows, corners, size)).to(self.device)
+
+
+def crop_corners(seed, step, n, image_hw, size):
+    """(n,2) int64 top-left corners (top, left) of n size x size windows of (H,W) images, uniform over every
+    position, drawn from (seed, step) alone: a resumed run, or another process, draws the same ones."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, CROP_STREAM]).generate_state(1)[0]))
+    top = torch.randint(0, image_hw[0] - size + 1, (n,), generator=generator)
+    left = torch.randint(0, image_hw[1] - size + 1, (n,), generator=generator)
+    return torch.stack([top, left], dim=1)
+
+
+def read_batch(images, rows, corners=None, size=0):
+    """images[rows] (the in-memory tensor or StreamedImages), or with `size` (B,3,size,size) uint8: for each image
+    its window with top-left corner corners[i] = (top, left). The same pixels either way, so in_memory 0 and 1 train
+    alike."""
+    if not size:
+        return images[rows]
+    rows, corners = torch.as_tensor(rows).tolist(), torch.as_tensor(corners).tolist()
+    if isinstance(images, StreamedImages):
+        return images.crops(rows, corners, size)
+    return torch.stack([images[r, :, top:top + size, left:left + size] for r, (top, left) in zip(rows, corners)])
+
 
 def load_train_set(data_root, categories, size, *, in_memory, cache_dir, device, label):
-    """The train/good images of the categories, in training order: an (N,3,S,S) uint8 tensor on device
+    """The train/good images of the categories, in training order: an (N,3,H,W) uint8 tensor on device
     (in_memory=1), a StreamedImages (0), or whichever of the two fits (auto); see the module docstring. The store is
     <cache_dir>/<data_root's name>-<label>-<size>px-<key>.rdstore (utils.image_store.store_path); train.py's label is
     the run's name (utils.runs.run_name)."""
     paths = [p for c in categories for p in train_image_paths(data_root, c)]
     store = open_store(paths, data_root, categories, size, cache_dir, label)
     if in_memory == "auto":
-        keep, line = memory_decision("in_memory", f"the {len(paths)} training images", len(paths) * 3 * size * size, device)
+        keep, line = memory_decision("in_memory", f"the {len(paths)} training images", len(paths) * 3 * int(np.prod(size_hw(size))), device)
         print(line + (": kept in memory" if keep else f": read batch by batch from {store.path}"))
     else:
         keep = in_memory == "1"
@@ -149,7 +182,7 @@ def load_train_set(data_root, categories, size, *, in_memory, cache_dir, device,
 
 
 def load_test_set(data_root, category, size):
-    """The test split: images (N,3,S,S) uint8, masks (N,S,S) bool, labels (N,) int64 (1 = anomalous) and
+    """The test split: images (N,3,H,W) uint8, masks (N,H,W) bool, labels (N,) int64 (1 = anomalous) and
     each image's path relative to the category folder (e.g. 'test/broken_large/000.png').
 
     A category without a ground_truth folder has image labels only (from the folder names: good is normal, any
@@ -181,7 +214,7 @@ def load_test_set(data_root, category, size):
     relative = [os.path.relpath(p, folder) for p in image_paths]
     if not has_masks:
         return images, None, labels, relative
-    empty = (torch.zeros(size, size, dtype=torch.bool), False)
+    empty = (torch.zeros(size_hw(size), dtype=torch.bool), False)
     loaded = load_all(lambda m, p: empty if m is None else load_mask(m, size, p), mask_paths, image_paths)
     n_other = sum(other for _, other in loaded)
     if n_other:
@@ -199,3 +232,19 @@ def check_orphan_masks(folder, defect, image_paths):
     for name in sorted(os.listdir(mask_folder)):
         if name.lower().endswith(IMAGE_EXTENSIONS) and name not in expected:
             raise ConfigError(f"{os.path.join(mask_folder, name)}: mask without its test image in {os.path.join(folder, 'test', defect)}")
+
+
+def load_native_masks(data_root, category, paths):
+    """Each test image's mask at its own size, not resized (eval_size=native): a list of (H_i,W_i) bool arrays,
+    any non-zero value anomalous; a good image's is all False at that image's size. paths: load_test_set's."""
+    folder = category_dir(data_root, category)
+    masks = []
+    for path in paths:
+        defect = os.path.basename(os.path.dirname(path))
+        image_path = os.path.join(folder, path)
+        if defect == "good":
+            with Image.open(image_path) as img:  # the header only: its size
+                masks.append(np.zeros(img.size[::-1], dtype=bool))
+        else:
+            masks.append(np.asarray(open_image(mask_path_for(folder, defect, image_path)).convert("L")) != 0)  # (H_i,W_i)
+    return masks

@@ -7,10 +7,10 @@ on a machine without torch (scripts/predict_onnx.py).
     $ python export.py --checkpoint=wres50_bottle.pth --data_root=data/mvtec --category=bottle   # official checkpoint
     $ python scripts/predict_onnx.py --model=runs/bottle/model.onnx --images=new/
 
-The graph takes `image`, uint8 RGB (N,3,S,S) already resized to the training size S (any N), and does the rest
+The graph takes `image`, uint8 RGB (N,3,H,W) already resized to the image size H x W (any N), and does the rest
 inside: /255, ImageNet normalisation, teacher, student (RD or RD++, BatchNorms folded), per tap 1 - cosine
 similarity, bilinear upsampling (align_corners=True), the maps combined by map_mode, the sigma-4 Gaussian blur
-with scipy's 'reflect' boundary. Outputs: `anomaly_map` (N,S,S) float32 and `score` (N,) float32, the map maximum.
+with scipy's 'reflect' boundary. Outputs: `anomaly_map` (N,H,W) float32 and `score` (N,) float32, the map maximum.
 Before writing, the graph is run with onnxruntime on random images and must give test.py's maps.
 
 Its metadata (ONNX metadata_props, strings) says what a deployment needs; see METADATA below. The F1-max threshold
@@ -42,7 +42,7 @@ from evaluation.threshold import choose_threshold
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.onnx_export import ImageScorer, export_onnx, import_deploy_packages, openvino_scores, quantize_openvino, write_openvino
 from model.scoring import check_scoring, predict
-from utils.config import ConfigError, apply_overrides, run_cli, script_settings
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings, size_hw
 from utils.files import atomic_write, check_outputs, first_line
 from utils.runs import category_folder
 from utils.runtimes import FORMAT, SCORE_TOLERANCE
@@ -67,7 +67,7 @@ METADATA = {  # key: meaning; every value is a string
     "format": f"always {FORMAT}: the graph's inputs, outputs and metadata are the ones described here",
     "method": "rd | rd++",
     "backbone": "the teacher, e.g. wide_resnet50_2",
-    "image_size": "S: the input is (N,3,S,S) uint8 RGB, resized to S x S with PIL's bilinear filter",
+    "image_size": "S or H,W: the input is (N,3,S,S) or (N,3,H,W) uint8 RGB, resized to it with PIL's bilinear filter",
     "map_mode": "add | mul: how the three per-tap maps are combined",
     "precision": "fp32 | int8",
     "image_f1_threshold": "a score >= it is anomalous (F1-max threshold of the evaluation); empty without one",
@@ -113,8 +113,8 @@ def check_parity(model, network, image_size, map_mode):
     """Run the graph with onnxruntime on 3 random images; its maps and scores must be test.py's (model.scoring.predict)."""
     import onnxruntime
 
-    images = torch.randint(0, 256, (3, 3, image_size, image_size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    maps, scores = predict(network, images, batch_size=len(images), mode=map_mode)  # (3,S,S), (3,)
+    images = torch.randint(0, 256, (3, 3, *size_hw(image_size)), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    maps, scores = predict(network, images, batch_size=len(images), mode=map_mode)  # (3,H,W), (3,)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     graph_maps, graph_scores = session.run(None, {"image": images.numpy()})
     map_error = np.abs(graph_maps - maps.numpy()).max() / float(maps.max() - maps.min())
@@ -129,7 +129,7 @@ def quantize_int8(onnx_path, settings, metadata, calibration_images):
     with it and the fp32 model, prints both metrics and returns the int8 OpenVINO model with its metadata."""
     (openvino,) = import_deploy_packages("openvino")
     size = settings["image_size"]
-    train_images = load_train_images(settings["data_root"], settings["category"], size).numpy()[:calibration_images]  # (N,3,S,S) uint8
+    train_images = load_train_images(settings["data_root"], settings["category"], size).numpy()[:calibration_images]  # (N,3,H,W) uint8
     print(f"int8: calibrating on {len(train_images)} training images of {settings['category']}")
     int8_model = quantize_openvino(onnx_path, train_images)
     fp32_model = openvino.Core().read_model(onnx_path)
@@ -177,7 +177,7 @@ def main():
     size = settings["image_size"]
     metadata = {
         "format": FORMAT, "method": settings["method"], "backbone": settings["backbone"],
-        "image_size": str(size), "map_mode": args.map_mode, "precision": "fp32",
+        "image_size": ",".join(map(str, size)) if isinstance(size, list) else str(size), "map_mode": args.map_mode, "precision": "fp32",
         **evaluation_metadata(args.checkpoint, settings, args.map_mode), "checkpoint": args.checkpoint, "version": project_version(),
     }
     scorer = ImageScorer(network, size, args.map_mode).eval()
@@ -187,7 +187,7 @@ def main():
         raise RuntimeError(f"torch.onnx.export failed: {first_line(e)}") from e
     check_parity(model, network, size, args.map_mode)
     atomic_write(onnx_path, lambda f: f.write(model.SerializeToString()))
-    print(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 2**20:.1f} MiB; input image uint8 (N,3,{size},{size}))")
+    print(f"wrote {onnx_path} ({os.path.getsize(onnx_path) / 2**20:.1f} MiB; input image uint8 (N,3,{','.join(map(str, size_hw(size)))}))")
     if args.int8:
         int8_path = onnx_path[:-len(".onnx")] + "_int8.xml"
         write_openvino(quantize_int8(onnx_path, settings, metadata, args.calibration_images), int8_path)

@@ -8,6 +8,7 @@ model of several categories, train.py --categories=...) on each of its categorie
     $ python test.py --checkpoint=runs/bottle/checkpoint.pth --save_images=3   # + 3 picture strips per defect type
     $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth                  # every category, then the mean
     $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth --category=cable  # one of them
+    $ python test.py --checkpoint=runs/specks/checkpoint.pth --eval_size=native   # pixel metrics at the masks' own size
 
 Scoring a folder of new images is predict.py's job, a threshold from good images calibrate.py's.
 
@@ -16,6 +17,9 @@ The method is read from the checkpoint: one with RD++'s projection layer ('proj'
 For every test image: the teacher's and the student's three feature maps, per tap 1 - cosine similarity
 along channels, upsampled (bilinear, align_corners=True) to the image size, summed ('add') or multiplied
 ('mul'), blurred with a sigma-4 Gaussian (scipy.ndimage.gaussian_filter semantics). Image score = map max.
+The pixel metrics compare those maps with the masks resized to image_size (eval_size=image, RD4AD's protocol), or
+each map resized to its mask's own size (eval_size=native: model.anomaly_map.resize_map, bilinear; MVTec AD's and
+MVTec AD 2's evaluation); image scores are the same either way.
 Writes <out_dir>/<category>/results.json (image/pixel AUROC, F1-max, AP, AUPRO, ...), scores.csv, curves.json
 (the ROC, precision-recall and PRO curves, evaluation/metrics.py) and report.html with its pictures in report/ (evaluation/report.py:
 metrics, curves, scores per defect type, the training loss and every test image), and
@@ -48,12 +52,13 @@ plotter = Plotter() if __name__ == "__main__" else None
 
 import torch  # noqa: E402
 
-from dataset import load_test_set
+from dataset import load_native_masks, load_test_set
 from evaluation.metrics import metrics_and_curves, metrics_line
 from evaluation.report import write_evaluation_report
 from evaluation.results import write_mean
 from evaluation.threshold import choose_threshold
 from evaluation.visualize import evaluation_strip, prediction_strip, save_png
+from model.anomaly_map import resize_map
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.scoring import check_scoring, predict
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings
@@ -71,6 +76,7 @@ backbone = ""  # default: the checkpoint's ('wide_resnet50_2' for official check
 image_size = 0  # default: the checkpoint's (256 for official checkpoints)
 batch_size = 16  # test batch; does not change any score
 map_mode = "add"  # add | mul: how the three per-tap maps are combined
+eval_size = "image"  # image: masks resized to image_size (RD4AD's protocol) | native: each map upsampled to its mask's own size (MVTec AD's and MVTec AD 2's evaluation)
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks; maps stay float32
 compile = False  # torch.compile the scoring (weights frozen): faster per image after a one-off compile (~15 s on CPU)
@@ -125,13 +131,19 @@ def evaluate(args, settings, network, name, test_set, plotter):
     t0 = time.time()
     maps, scores = predict(network, test_images, args.batch_size, args.map_mode, args.amp, args.compile)  # (N,S,S), (N,)
     predict_seconds = time.time() - t0
-    metrics, curves = metrics_and_curves(scores, labels, maps, masks)
+    pixel_maps, pixel_masks = maps, masks
+    if args.eval_size == "native" and masks is not None:
+        pixel_masks = load_native_masks(settings["data_root"], name, paths)  # (H_i,W_i) each
+        pixel_maps = [resize_map(amap, mask.shape) for amap, mask in zip(maps, pixel_masks)]
+    metrics, curves = metrics_and_curves(scores, labels, pixel_maps, pixel_masks)
+    del pixel_maps, pixel_masks  # native size: may be gigabytes
 
     folder = category_folder(settings, name)
     results = {
         "category": name, **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": args.checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],
-        "image_size": settings["image_size"], "map_mode": args.map_mode, "seconds_per_image": predict_seconds / len(labels),
+        "image_size": settings["image_size"], "map_mode": args.map_mode, "eval_size": args.eval_size,
+        "seconds_per_image": predict_seconds / len(labels),
         "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
         "train_config": settings["train_config"],  # None for official checkpoints
         "device": describe_device(next(network.parameters()).device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -163,6 +175,8 @@ def main():
     if not args.checkpoint:
         raise ConfigError("--checkpoint is required, e.g. --checkpoint=runs/bottle/checkpoint.pth")
     check_scoring(args.map_mode, args.batch_size)
+    if args.eval_size not in ("image", "native"):
+        raise ConfigError(f"--eval_size={args.eval_size}: must be image or native")
     if not isinstance(args.save_images, int) or args.save_images < 0:
         raise ConfigError(f"--save_images={args.save_images}: must be a number of images per defect type, 0 for none")
     dev = torch.device(resolve_device(args.device))
@@ -188,11 +202,13 @@ def main():
 
         def same(saved):  # a category's results.json of this checkpoint, evaluated as now
             return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(args.checkpoint) and saved.get("train_config") == trained_with
-                    and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == args.map_mode)
+                    and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == args.map_mode
+                    and saved.get("eval_size", "image") == args.eval_size)
 
         mean = write_mean(run_folder, settings["categories"], same,
                           {"checkpoint": args.checkpoint, "method": settings["method"], "backbone": settings["backbone"],
-                           "image_size": settings["image_size"], "map_mode": args.map_mode, "train_config": settings["train_config"]})
+                           "image_size": settings["image_size"], "map_mode": args.map_mode, "eval_size": args.eval_size,
+                           "train_config": settings["train_config"]})
         print(f"mean over {len(mean['evaluated'])} of {len(mean['categories'])} categories" + (f" (missing: {', '.join(mean['missing'])})" if mean["missing"] else "")
               + f": {metrics_line(mean)}")
         print(f"wrote {os.path.join(run_folder, 'results.json')}")

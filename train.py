@@ -6,6 +6,7 @@ category, or one model on those of several (the unified multi-class setting).
     $ python train.py --data_root=data/mvtec --categories=all --protocol=ader       # one model of every category, ADer's protocol
     $ python train.py --data_root=data/mvtec --category=bottle --method=rd++ --official_epochs=1   # RD++, its epochs
     $ python train.py --data_root=data/demo --category=stripes --backbone=resnet18 --image_size=128 --weights=none
+    $ python train.py --data_root=data/demo --category=specks --image_size=768,1024 --crop_size=256   # high resolution
     $ torchrun --nproc_per_node=4 train.py --category=bottle    # data-parallel over 4 GPUs, same global batch
 
 Every setting below can be overridden as --name=value. The frozen teacher encodes each image at three
@@ -20,7 +21,8 @@ its loss in model/losses.py); its lines in the loop are marked "RD++". The model
 
 The training images are decoded once into a file of cache_dir and reused by later runs; they are then kept in
 memory, or read batch by batch from that file when they would not fit (in_memory, dataset.load_train_set): the loop
-is the same either way, and so are the checkpoints, bit for bit. --protocol=ader sets the settings of ADer's unified
+is the same either way, and so are the checkpoints, bit for bit. With crop_size the crops are cut from those
+image_size pixels as each batch is read, at corners drawn from (seed, step) alone: a resumed run cuts the same ones. --protocol=ader sets the settings of ADer's unified
 benchmark (model/protocols.py); any setting given on the command line wins over the preset.
 """
 
@@ -36,7 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset import find_categories, load_train_set
+from dataset import crop_corners, find_categories, load_train_set, read_batch
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from model.checkpoint import load_checkpoint
 from model.encoder import normalize, teacher_features
@@ -44,7 +46,7 @@ from model.losses import batch_loss
 from model.projection import ProjectedStudent
 from model.protocols import apply_protocol, check_config
 from model.pseudo_anomalies import SimplexPatches, step_generator
-from utils.config import ConfigError, apply_overrides, run_cli, script_settings
+from utils.config import ConfigError, apply_overrides, run_cli, script_settings, size_hw
 from utils.files import atomic_write_json, check_outputs
 from utils.image_store import default_cache_dir
 from utils.known_datasets import OFFICIAL_EPOCHS
@@ -59,7 +61,8 @@ category = "bottle"  # any sub-folder of data_root: a model of this category alo
 categories = ""  # a,b,c or all (every sub-folder with train/good): ONE model of the union of their normal images, shuffled together; replaces category
 backbone = "wide_resnet50_2"  # teacher: resnet18 | resnet34 | resnet50 | wide_resnet50_2 | wide_resnet101_2
 weights = "imagenet"  # teacher weights: imagenet (torchvision IMAGENET1K_V1) | path to a state dict | none (random)
-image_size = 256  # images are resized to image_size x image_size; a multiple of 32
+image_size = 256  # images are resized to image_size x image_size, or to HEIGHT,WIDTH (--image_size=768,1024); multiples of 32
+crop_size = 0  # 0: train on whole images | C: on a random C x C window of each image at image_size, a new one each time it is drawn, so step time and memory follow C, not image_size (docs/high_resolution.md); a multiple of 32
 batch_size = 16
 epochs = 200
 lr = 0.005  # Adam learning rate
@@ -74,7 +77,7 @@ device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks (CUDA, or CPUs with bf16); loss and anomaly maps stay float32
 compile = False  # torch.compile the OCBE and decoder
 in_memory = "auto"  # 1: the decoded training images kept in memory on the device | 0: each batch read from cache_dir (memory flat in the number of images) | auto: 1 if they take at most half the available memory
-cache_teacher = "auto"  # 1: teacher features of the training images computed once (7 MB per 256x256 image), not every step | 0 | auto: 1 if they take at most half the available memory
+cache_teacher = "auto"  # 1: teacher features of the training images computed once (7 MB per 256x256 image), not every step | 0 | auto: 1 if they take at most half the available memory; never with crop_size
 cache_dir = ""  # where the decoded training images are kept, one file per data_root, category set and image_size; "": $XDG_CACHE_HOME or ~/.cache, /reverse_distillation
 out_dir = "runs"  # writes <out_dir>/<category or run name>/checkpoint.pth, config.json and loss.csv
 save_minutes = 10.0  # a checkpoint at most this often (written in the background), always after the last step and on Ctrl-C/SIGTERM; 0: after every optimizer step
@@ -140,7 +143,7 @@ def main():
     set_seed(seed, deterministic)
     # the data first: a bad file fails in seconds, not after the teacher is built (or downloaded)
     images = load_train_set(data_root, trained_categories, image_size, in_memory=in_memory, cache_dir=cache_dir or default_cache_dir(), device=dev,
-                            label=name)  # (N,3,S,S) uint8
+                            label=name)  # (N,3,H,W) uint8
     steps_per_epoch = len(images) // batch_size if drop_last else math.ceil(len(images) / batch_size)
     if steps_per_epoch == 0:
         raise ConfigError(f"--drop_last=1: {len(images)} training images make no full batch of {batch_size}; lower batch_size")
@@ -174,7 +177,7 @@ def main():
     param_groups = [{"params": list(ocbe.parameters()) + list(decoder.parameters())}]
     if rdpp:  # RD++: the projection layer, trained with its own learning rate
         param_groups.append({"params": list(proj.parameters()), "lr": proj_lr})
-        pseudo_anomalies = SimplexPatches(image_size, seed)
+        pseudo_anomalies = SimplexPatches(crop_size or image_size, seed)  # at the size the networks see
     # fused: one kernel over all parameters instead of a loop of small ops, 4x faster on CPU, same update
     optimizer = torch.optim.Adam(param_groups, lr=lr, betas=betas, fused=True)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -213,11 +216,13 @@ def main():
         student = torch.compile(student)
     # The teacher is frozen and there is no augmentation, so its features of a training image never change:
     # computed once (3 taps, each (N,C,H,W)), they save its forward pass at every step (a sixth of a CPU step)
-    # for the same numbers.
-    teacher_cache = teacher_features(encoder, images, batch_size, amp) if use_teacher_cache(cache_teacher, encoder, images, dev, amp, log) else None
+    # for the same numbers. Not with crop_size: the teacher sees another window of each image at every step.
+    cached = not crop_size and use_teacher_cache(cache_teacher, encoder, images, dev, amp, log)
+    teacher_cache = teacher_features(encoder, images, batch_size, amp) if cached else None
     saved_at = time.monotonic()
     log(f"training {name} ({method}): {len(images)} images" + (f" of {len(trained_categories)} categories" if not category else "")
-        + f", {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}" + (f" x {world_size} processes" if world_size > 1 else ""))
+        + f", {backbone} ({weights}), {epochs} epochs of {steps_per_epoch} steps on {dev}" + (f" x {world_size} processes" if world_size > 1 else "")
+        + (f", on random {crop_size}x{crop_size} crops (the teacher's features are not cached)" if crop_size else ""))
     while step < epochs * steps_per_epoch:
         epoch, first_batch = divmod(step, steps_per_epoch)
         # One permutation per epoch from (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
@@ -226,6 +231,9 @@ def main():
         for i in tqdm(range(first_batch, steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if rank == 0 else True):
             batch = order[i * batch_size:(i + 1) * batch_size]
             shard = batch.tensor_split(world_size)[rank]  # this process's part of the global batch
+            # crop_size: each image's window, from (seed, step) alone, the same on every process and after a resume
+            corners = crop_corners(seed, step, len(batch), size_hw(image_size), crop_size) if crop_size else None  # (B,2)
+            shard_corners = corners.tensor_split(world_size)[rank] if crop_size else None
             # RD++: an optimizer step on every step_every-th batch of the epoch, as the official loop. accumulate (the
             # official loop since 94a8df5): each batch adds its gradient and only a step zeroes them, so an epoch's
             # odd last batch joins the next epoch's first step. Otherwise (before 94a8df5, zero_grad before every
@@ -235,13 +243,13 @@ def main():
             pending = backward and not update  # a gradient waiting for a later step
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
                 if teacher_cache is None:
-                    teacher = encoder(normalize(images[shard]))  # 3 taps, no graph kept: the teacher is frozen
+                    teacher = encoder(normalize(read_batch(images, shard, shard_corners, crop_size)))  # 3 taps, no graph kept: the teacher is frozen
                 else:
                     teacher = [tap[shard] for tap in teacher_cache]  # 3 taps, each (B/world_size,C,H,W)
                 noisy = shuffle = None
                 if rdpp and backward:  # RD++: the teacher also encodes the batch with a simplex-noise patch per image
                     generator = step_generator(seed, step)  # this batch's noise and shuffle, whatever the process
-                    noisy = pseudo_anomalies(normalize(images[batch]), generator).tensor_split(world_size)[rank]
+                    noisy = pseudo_anomalies(normalize(read_batch(images, batch, corners, crop_size)), generator).tensor_split(world_size)[rank]
                     shuffle = torch.randperm(len(shard), generator=generator)
                 if not backward:  # RD++ before 94a8df5, between steps: the student's forward only moves the BatchNorm statistics
                     student(teacher)

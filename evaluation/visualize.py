@@ -32,12 +32,12 @@ def jet(values):
 
 
 def to_hwc(image):
-    """(3,S,S) uint8 tensor -> (S,S,3) uint8 numpy array."""
+    """(3,H,W) uint8 tensor -> (H,W,3) uint8 numpy array."""
     return np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
 
 
 def draw_outline(image, mask):
-    """(S,S,3) uint8 copy of the image with the mask's 1-pixel inner contour (mask minus its erosion) in red."""
+    """(H,W,3) uint8 copy of the image with the mask's 1-pixel inner contour (mask minus its erosion) in red."""
     from scipy.ndimage import binary_erosion  # here, so that drawing prediction strips needs no scipy
 
     mask = np.asarray(mask, dtype=bool)
@@ -47,15 +47,15 @@ def draw_outline(image, mask):
 
 
 def overlay_heatmap(image, amap, heat_range):
-    """(S,S,3) uint8: the jet-coloured map, scaled so heat_range=(lo, hi) spans the colormap, over the image."""
+    """(H,W,3) uint8: the jet-coloured map, scaled so heat_range=(lo, hi) spans the colormap, over the image."""
     lo, hi = heat_range
-    heat = jet((np.asarray(amap, dtype=np.float64) - lo) / max(hi - lo, 1e-12))  # (S,S,3)
+    heat = jet((np.asarray(amap, dtype=np.float64) - lo) / max(hi - lo, 1e-12))  # (H,W,3)
     return np.round((1 - HEATMAP_WEIGHT) * image + HEATMAP_WEIGHT * heat).astype(np.uint8)
 
 
 def strip_with_score(panels, score, threshold):
-    """Panels (S,S,3) side by side, the score printed on the last one on a black box for contrast."""
-    strip = Image.fromarray(np.concatenate(panels, axis=1))  # (S, len(panels)*S)
+    """Panels (H,W,3) side by side, the score printed on the last one on a black box for contrast."""
+    strip = Image.fromarray(np.concatenate(panels, axis=1))  # (H, len(panels)*W)
     draw = ImageDraw.Draw(strip)
     text = f"score {score:.3f}"
     x, y = strip.width - panels[-1].shape[1] + 2, 2
@@ -66,14 +66,14 @@ def strip_with_score(panels, score, threshold):
 
 
 def evaluation_strip(image, mask, amap, score, heat_range, threshold=None):
-    """PIL image 3S x S: input | input with the ground-truth outline | heatmap with the score.
-    image (3,S,S) uint8, mask (S,S) bool, amap (S,S) float."""
+    """PIL image 3W x H (width x height): input | input with the ground-truth outline | heatmap with the score.
+    image (3,H,W) uint8, mask (H,W) bool, amap (H,W) float."""
     rgb = to_hwc(image)
     return strip_with_score([rgb, draw_outline(rgb, mask), overlay_heatmap(rgb, amap, heat_range)], score, threshold)
 
 
 def prediction_strip(image, amap, score, heat_range, threshold):
-    """PIL image 2S x S: input | heatmap with the score. image (3,S,S) uint8, amap (S,S) float."""
+    """PIL image 2W x H: input | heatmap with the score. image (3,H,W) uint8, amap (H,W) float."""
     rgb = to_hwc(image)
     return strip_with_score([rgb, overlay_heatmap(rgb, amap, heat_range)], score, threshold)
 
@@ -84,7 +84,7 @@ def save_png(path, picture):
 
 def save_prediction_strips(folder, paths, images, maps, scores, *, heat_range, threshold):
     """A prediction_strip per scored image, <folder>/<its file name>.png (.png added to other names): test.py
-    --images=DIR and scripts/predict_onnx.py. images (N,3,S,S) uint8, maps (N,S,S), scores N floats.
+    --images=DIR and scripts/predict_onnx.py. images (N,3,H,W) uint8, maps (N,H,W), scores N floats.
     Returns the strips' file names."""
     names = []
     for path, image, amap, score in zip(paths, images, maps, scores):

@@ -4,6 +4,12 @@ image size, combined, blurred as scipy.ndimage.gaussian_filter does. model/scori
 export.py puts it in the exported graph.
 
     maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred
+    maps = anomaly_map(teacher_features, student_features, size=(768, 1024))  # (B,768,1024): (height, width)
+    native = resize_map(maps[0], (1700, 2400))  # (1700,2400) numpy float32: a map at its image's own size
+
+The blur's sigma is 4 pixels of the scored image at any image size, RD4AD's value at 256 kept, not scaled with the
+size: the feature maps' strides are fixed in pixels, so a defect of a given size in pixels gets the same map
+whatever the image size; docs/high_resolution.md measures the alternative.
 """
 
 import torch
@@ -37,16 +43,24 @@ def gaussian_blur(maps, sigma=4.0, truncate=4.0):
 
 
 def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0):
-    """(B,size,size) anomaly maps: per tap 1 - cos along channels, bilinear upsampling with
-    align_corners=True, combined by sum ('add', the paper's numbers) or product ('mul'), then blurred."""
+    """(B,H,W) anomaly maps at size (H,W) (an int: a square): per tap 1 - cos along channels, bilinear upsampling
+    with align_corners=True, combined by sum ('add', the paper's numbers) or product ('mul'), then blurred."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     combined = None
     for t, s in zip(teacher_features, student_features):
         distance = 1 - F.cosine_similarity(t.float(), s.float(), dim=1)  # (B,h,w)
-        distance = F.interpolate(distance[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+        distance = F.interpolate(distance[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
         if combined is None:
             combined = distance
         elif mode == "add":
             combined = combined + distance
         else:
             combined = combined * distance
-    return gaussian_blur(combined, sigma)  # (B,size,size)
+    return gaussian_blur(combined, sigma)  # (B,H,W)
+
+
+def resize_map(amap, size):
+    """An (H,W) map resized to size (H',W') bilinearly, pixel centres aligned (align_corners=False, as an image is
+    resized): a map scored at image_size brought to its image's own size (eval_size=native, MVTec AD 2's
+    submission). A float32 numpy array."""
+    return F.interpolate(amap[None, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()

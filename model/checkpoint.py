@@ -14,7 +14,7 @@ import functools
 
 from model import OCBE, Decoder, MultiProjection, build_encoder, build_loaded
 from model.scoring import inference_network
-from utils.config import ConfigError
+from utils.config import ConfigError, check_size
 from utils.io import safe_load
 
 # what an official checkpoint, which carries no config, was trained with
@@ -55,6 +55,8 @@ def resolve_settings(ckpt, path, given, need_data_root=True):
     settings = {}
     for name in (n for n in CHECKPOINT_SETTINGS if n != "category"):
         value, saved = given.get(name), trained.get(name)
+        if name == "image_size" and value:
+            check_size(name, value)
         if name in ("backbone", "image_size") and value and "config" in ckpt and value != saved:
             raise ConfigError(f"--{name}={value}: {path} was trained with {name}={saved}")
         settings[name] = value or saved

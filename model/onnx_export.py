@@ -2,7 +2,7 @@
 A scoring network as one ONNX graph, and that graph quantised to int8 for OpenVINO: what export.py writes and
 scripts/benchmark.py times. The optional packages (requirements-deploy.txt) are imported where they are used.
 
-    scorer = ImageScorer(network, image_size, "add").eval()   # uint8 (N,3,S,S) -> maps (N,S,S), scores (N,)
+    scorer = ImageScorer(network, image_size, "add").eval()   # uint8 (N,3,H,W) -> maps (N,H,W), scores (N,)
     model = export_onnx(scorer, image_size, {"format": ...})   # an onnx.ModelProto with a dynamic batch size
     int8_model = quantize_openvino("model.onnx", calibration_images)
 """
@@ -15,19 +15,20 @@ import torch
 
 from model.anomaly_map import anomaly_map
 from model.encoder import normalize
-from utils.config import ConfigError
+from utils.config import ConfigError, size_hw
 
 
 class ImageScorer(torch.nn.Module):
-    """uint8 images (N,3,S,S) -> anomaly maps (N,S,S), scores (N,): test.py's scoring of one batch as one module."""
+    """uint8 images (N,3,H,W) -> anomaly maps (N,H,W), scores (N,): test.py's scoring of one batch as one module;
+    image_size: an int (a square) or (height, width)."""
 
     def __init__(self, network, image_size, mode):
         super().__init__()
-        self.network, self.image_size, self.mode = network, image_size, mode
+        self.network, self.image_size, self.mode = network, size_hw(image_size), mode
 
     def forward(self, images):
         teacher, student = self.network(normalize(images))  # 3 taps each
-        maps = anomaly_map(teacher, student, self.image_size, self.mode)  # (N,S,S)
+        maps = anomaly_map(teacher, student, self.image_size, self.mode)  # (N,H,W)
         return maps, maps.flatten(1).amax(dim=1)
 
 
@@ -43,7 +44,7 @@ def export_onnx(scorer, image_size, metadata):
     """The scorer as an ONNX ModelProto with a dynamic batch size and the metadata (a dict of strings)."""
     import onnx
 
-    example = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)  # 2: a batch size not fixed to 1
+    example = torch.randint(0, 256, (2, 3, *size_hw(image_size)), dtype=torch.uint8)  # 2: a batch size not fixed to 1
     program = torch.onnx.export(scorer, (example,), input_names=["image"], output_names=["anomaly_map", "score"],
                                 dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
     model = program.model_proto

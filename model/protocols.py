@@ -12,7 +12,7 @@ import math
 
 from model import METHODS
 from model.pseudo_anomalies import MIN_PATCH
-from utils.config import ConfigError
+from utils.config import ConfigError, check_size, size_hw
 from utils.known_datasets import OFFICIAL_EPOCHS
 
 # Protocol presets: setting -> value, applied unless the setting is given on the command line.
@@ -47,8 +47,12 @@ def check_config(config):
     """Impossible settings (a dict of train.py's settings) fail here, before any data is loaded; scripts/sweep.py
     checks its runs' settings with it before starting any."""
     c = config
+    check_size("image_size", c["image_size"])
+    trained_side = min(size_hw(c["crop_size"] or c["image_size"]))  # of the images the networks see
     checks = [
-        (isinstance(c["image_size"], int) and c["image_size"] >= 32 and c["image_size"] % 32 == 0, "image_size", "a positive multiple of 32"),
+        (isinstance(c["crop_size"], int) and c["crop_size"] >= 0 and c["crop_size"] % 32 == 0, "crop_size", "0 (whole images) or a positive multiple of 32"),
+        (c["crop_size"] <= min(size_hw(c["image_size"])), "crop_size", f"at most the image's shorter side, {min(size_hw(c['image_size']))} at image_size={c['image_size']}"),
+        (not (c["crop_size"] and c["cache_teacher"] == "1"), "cache_teacher", "0 or auto with crop_size: the teacher sees another crop of each image at every step, there are no fixed features to cache"),
         (c["batch_size"] >= 1, "batch_size", "at least 1"),
         (c["epochs"] >= 1, "epochs", "at least 1"),
         (math.isfinite(c["lr"]) and c["lr"] > 0, "lr", "a positive finite number"),
@@ -57,7 +61,8 @@ def check_config(config):
         (0 <= c["seed"] < 2**32, "seed", "in [0, 2**32)"),
         (not (c["resume"] and c["overwrite"]), "resume", "left off when overwrite=True"),
         (c["method"] in METHODS, "method", " or ".join(METHODS)),
-        (c["method"] != "rd++" or c["image_size"] // 8 > MIN_PATCH, "image_size", f"at least 96 for rd++ (noise patches of {MIN_PATCH} to image_size/8 pixels)"),
+        (c["method"] != "rd++" or trained_side // 8 > MIN_PATCH, "crop_size" if c["crop_size"] else "image_size",
+         f"at least 96 for rd++ (noise patches of {MIN_PATCH} to a side/8 pixels)"),
         (math.isfinite(c["proj_lr"]) and c["proj_lr"] > 0, "proj_lr", "a positive finite number"),
         (c["step_every"] >= 1, "step_every", "at least 1"),
         (not c["official_epochs"] or (c["category"] in OFFICIAL_EPOCHS and not c["categories"]), "official_epochs",

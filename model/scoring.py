@@ -43,12 +43,12 @@ def inference_network(encoder, ocbe, decoder, proj=None):
 
 
 def anomaly_scorer(network, mode="add", amp=False, compile=False):
-    """A function of normalised images (B,3,S,S), on the network's device, to their anomaly maps (B,S,S) float32."""
+    """A function of normalised images (B,3,H,W), on the network's device, to their anomaly maps (B,H,W) float32."""
 
     def score(x):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             teacher, student = network(x)  # 3 taps each; channels_last from the first conv on
-        return anomaly_map(teacher, student, x.shape[-1], mode)  # (B,S,S)
+        return anomaly_map(teacher, student, tuple(x.shape[-2:]), mode)  # (B,H,W)
 
     if not compile:
         return score
@@ -59,20 +59,20 @@ def anomaly_scorer(network, mode="add", amp=False, compile=False):
 
 @torch.inference_mode()
 def predict(network, images, batch_size=16, mode="add", amp=False, compile=False):
-    """Anomaly maps (N,S,S) float32 and image scores (N,) = map maxima, on the CPU, for uint8 images
-    (N,3,S,S) on any device; `network` from inference_network(). Every image is scored on its own, so the
-    batch size does not change a score."""
+    """Anomaly maps (N,H,W) float32 and image scores (N,) = map maxima, on the CPU, for uint8 images
+    (N,3,H,W) on any device; `network` from inference_network(). Every image is scored on its own, whole, in one
+    pass (no tiles, so no seams), so the batch size does not change a score."""
     device = next(network.parameters()).device
     score = anomaly_scorer(network, mode, amp, compile)
     batch_size = min(batch_size, len(images))
     maps = []
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)  # (B,3,S,S)
+        batch = images[i:i + batch_size].to(device)  # (B,3,H,W)
         n = len(batch)
         if compile and n < batch_size:  # the compiled shape: repeat the last image rather than compile again
             batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
-        maps.append(score(normalize(batch))[:n].cpu())  # (B,S,S)
-    maps = torch.cat(maps)  # (N,S,S)
+        maps.append(score(normalize(batch))[:n].cpu())  # (B,H,W)
+    maps = torch.cat(maps)  # (N,H,W)
     return maps, maps.flatten(1).amax(dim=1)
 
 

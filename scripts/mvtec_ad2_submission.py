@@ -34,12 +34,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import image_folder, load_images  # noqa: E402
 from evaluation.threshold import validation_threshold  # noqa: E402
+from model.anomaly_map import resize_map  # noqa: E402
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings  # noqa: E402
 from model.scoring import check_scoring, predict  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
@@ -80,7 +80,7 @@ class NativeMaps:
 
     def __iter__(self):
         for amap, size in zip(self.maps, self.sizes):
-            yield F.interpolate(amap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+            yield resize_map(amap, size)
 
 
 def native_size(path):

@@ -66,10 +66,10 @@ def main():
         raise ConfigError(f"no threshold: model={model} carries none ({metadata.get('threshold_source', metadata['evaluation'])}); "
                           "pass --threshold=VALUE")
     image_threshold = threshold if threshold is not None else float(stored)
-    size = int(metadata["image_size"])
-    new_images = read_images(paths, size)  # (N,3,S,S) uint8
+    size = [int(side) for side in metadata["image_size"].split(",")]  # S, or H,W
+    new_images = read_images(paths, size[0] if len(size) == 1 else size)  # (N,3,H,W) uint8
     outputs = [exported(new_images[i:i + batch_size]) for i in range(0, len(new_images), batch_size)]
-    maps = np.concatenate([m for m, _ in outputs])  # (N,S,S) float32
+    maps = np.concatenate([m for m, _ in outputs])  # (N,H,W) float32
     scores = np.concatenate([s for _, s in outputs]).tolist()  # (N,)
     # the evaluation's colour scale where there is one, so these strips compare with the test set's
     heat_range = tuple(map(float, metadata["heatmap_range"].split(","))) if metadata["heatmap_range"] else (float(maps.min()), float(maps.max()))

@@ -28,6 +28,7 @@ from export import METADATA  # noqa: E402
 from model import MultiProjection, build_model  # noqa: E402
 from model.checkpoint import load_checkpoint, load_network, resolve_settings  # noqa: E402
 from model.scoring import predict  # noqa: E402
+from utils.config import size_hw  # noqa: E402
 from utils.io import save_checkpoint  # noqa: E402
 from utils.runtimes import load_exported  # noqa: E402
 
@@ -45,13 +46,19 @@ def predict_onnx(*args, check=True):
     return run_script("-c", WITHOUT_TORCH, "scripts/predict_onnx.py", *args, check=check)
 
 
-@pytest.fixture(scope="module", params=[(64, "rd"), pytest.param((96, "rd"), marks=pytest.mark.slow), (64, "rd++"),
-                                        pytest.param((96, "rd++"), marks=pytest.mark.slow)], ids=lambda p: f"{p[1]}-{p[0]}")
+def size_text(size):
+    """How export.py's metadata writes an image size: 64, or 64,96 for a height and width."""
+    return ",".join(map(str, size)) if isinstance(size, list) else str(size)
+
+
+@pytest.fixture(scope="module", params=[(64, "rd"), pytest.param((96, "rd"), marks=pytest.mark.slow), ([64, 96], "rd"), (64, "rd++"),
+                                        pytest.param((96, "rd++"), marks=pytest.mark.slow)], ids=lambda p: f"{p[1]}-{size_text(p[0])}")
 def exported(request, tmp_path_factory):
-    """An RD or RD++ resnet18 checkpoint at image size 64 or 96 (random weights, BatchNorm statistics made
-    non-trivial so that folding them matters), exported by export.py: (checkpoint path, model.onnx path, export's stdout)."""
+    """An RD or RD++ resnet18 checkpoint at image size 64, 96 or 64 x 96 (height x width; random weights, BatchNorm
+    statistics made non-trivial so that folding them matters), exported by export.py: (checkpoint path, model.onnx
+    path, export's stdout)."""
     size, method = request.param
-    folder = tmp_path_factory.mktemp(f"export_{method}_{size}")
+    folder = tmp_path_factory.mktemp(f"export_{method}_{size_text(size).replace(',', 'x')}")
     torch.manual_seed(size)
     _, ocbe, decoder = build_model("resnet18", weights="none")
     proj = {"proj": MultiProjection("resnet18").state_dict()} if method == "rd++" else {}
@@ -77,10 +84,10 @@ def test_exported_graph_scores_as_test_py(exported, runtime, batch):
     settings = resolve_settings(ckpt, checkpoint, {})
     size = settings["image_size"]
     network = load_network(ckpt, settings, torch.device("cpu"), checkpoint)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
+    images = torch.randint(0, 256, (batch, 3, *size_hw(size)), dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
     maps, scores = predict(network, images, batch_size=batch)  # test.py's scoring
     graph_maps, graph_scores = load_exported(model_path, runtime)(images.numpy())
-    assert graph_maps.shape == (batch, size, size) and graph_scores.shape == (batch,)
+    assert graph_maps.shape == (batch, *size_hw(size)) and graph_scores.shape == (batch,)
     assert graph_maps.dtype == np.float32 and graph_scores.dtype == np.float32
     map_range = float(maps.max() - maps.min())
     assert np.abs(graph_maps - maps.numpy()).max() <= 1e-5 * map_range
@@ -95,12 +102,12 @@ def test_graph_inputs_outputs_metadata(exported):
     (image,) = model.graph.input
     dims = image.type.tensor_type.shape.dim
     assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, size, size]  # any batch size
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, *size_hw(size)]  # any batch size
     assert [o.name for o in model.graph.output] == ["anomaly_map", "score"]
     metadata = {p.key: p.value for p in model.metadata_props}
     assert set(metadata) == set(METADATA)
     config = load_checkpoint(checkpoint)["config"]
-    assert (metadata["method"], metadata["backbone"], metadata["image_size"], metadata["precision"]) == (config["method"], "resnet18", str(size), "fp32")
+    assert (metadata["method"], metadata["backbone"], metadata["image_size"], metadata["precision"]) == (config["method"], "resnet18", size_text(size), "fp32")
     # never evaluated: no threshold, no range, and export said so
     assert metadata["image_f1_threshold"] == metadata["heatmap_range"] == "" and metadata["evaluation"].startswith("none: ")
     assert "note: no evaluation" in stdout and "results.json does not exist" in stdout
@@ -220,13 +227,18 @@ def test_predict_onnx_runs_the_int8_model(int8_export, mixed_images, tmp_path):
     assert len(read_csv(tmp_path / "scores.csv")) == 6
 
 
-@pytest.mark.parametrize("exported", [(64, "rd")], indirect=True, ids=["rd-64"])
+@pytest.mark.parametrize("exported", [(64, "rd"), ([64, 96], "rd")], indirect=True, ids=["rd-64", "rd-64,96"])
 def test_predict_onnx_never_imports_torch(exported, new_images, tmp_path):
     """The finder above raises on any import of torch or scipy: a run that ends well never imported them.
-    The check is real: the same finder stops test.py at its first line."""
-    _, model_path, _ = exported
+    The check is real: the same finder stops test.py at its first line. A model of 64 x 96 images reads them at that size."""
+    checkpoint, model_path, _ = exported
+    height, width = size_hw(load_checkpoint(checkpoint)["config"]["image_size"])
     for runtime in RUNTIMES:
         predict_onnx(f"--model={model_path}", f"--images={new_images}", f"--out_dir={tmp_path / runtime}", f"--runtime={runtime}", "--threshold=0.5")
+        assert len(read_csv(tmp_path / runtime / "scores.csv")) == len(os.listdir(new_images))
+        strip = next(name for name in os.listdir(tmp_path / runtime) if name.endswith(".png"))
+        with Image.open(tmp_path / runtime / strip) as picture:
+            assert picture.height == height and picture.width % width == 0  # panels of the model's size, side by side
     refused = run_script("-c", WITHOUT_TORCH, "test.py", check=False)
     assert refused.returncode != 0 and "torch is not installed here" in refused.stderr
 

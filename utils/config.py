@@ -6,7 +6,9 @@
     defaults = script_settings("train.py")  # {name: default} of a script's settings, read without running it
 
 Values are parsed with ast.literal_eval (a bare word stays a string) and must have the default's type;
-an int is accepted for a float, 0/1 for a bool, anything for a None default. Errors are ConfigErrors.
+an int is accepted for a float, 0/1 for a bool, anything for a None default. A size (image_size) is an int, a
+square, or a pair `--image_size=768,1024` (height, width); it is kept as an int for a square and as [height, width]
+otherwise, the form config.json and results.json hold, so that two sizes compare with ==. Errors are ConfigErrors.
 """
 
 import ast
@@ -14,8 +16,31 @@ import errno
 import sys
 
 
+PAIR_SETTINGS = ("image_size",)  # int settings that also take a (height, width) pair: --image_size=768,1024
+
+
 class ConfigError(ValueError):
     """A user setting (a file, a path, a --name=value) is wrong; the message says which and why."""
+
+
+def size_hw(size):
+    """(height, width) of a size: an int (a square) or a [height, width] pair."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def canonical_size(size):
+    """A size as settings hold it: an int for a square, [height, width] otherwise."""
+    height, width = size_hw(size)
+    return height if height == width else [height, width]
+
+
+def check_size(name, size, multiple=32):
+    """A ConfigError unless `size` (setting `name`) is an int or a pair of ints, each a positive multiple of `multiple`."""
+    pair = isinstance(size, (list, tuple)) and len(size) == 2
+    sides = size_hw(size) if pair or isinstance(size, int) else ()
+    if not sides or not all(isinstance(s, int) and not isinstance(s, bool) and s >= multiple and s % multiple == 0 for s in sides):
+        shown = ",".join(map(str, size)) if isinstance(size, (list, tuple)) else size
+        raise ConfigError(f"--{name}={shown}: must be a positive multiple of {multiple}, or a pair of them HEIGHT,WIDTH like 768,1024")
 
 
 def parse_value(name, raw, default):
@@ -27,6 +52,10 @@ def parse_value(name, raw, default):
         value = raw
     if default is None or value is None:
         return value
+    if name in PAIR_SETTINGS and isinstance(value, (tuple, list)):
+        if len(value) == 2 and all(type(v) is int for v in value):
+            return canonical_size(value)
+        raise ConfigError(f"--{name}={raw}: expected an int like {default!r} or a pair HEIGHT,WIDTH like 768,1024")
     if isinstance(default, bool):
         if value in (0, 1) and not isinstance(value, float):
             return bool(value)
@@ -40,6 +69,8 @@ def parse_value(name, raw, default):
             pass  # a wrong element: report the whole value below
     elif type(value) is type(default):
         return value
+    if name in PAIR_SETTINGS:
+        raise ConfigError(f"--{name}={raw}: expected an int like {default!r} or a pair HEIGHT,WIDTH like 768,1024")
     kind = type(default).__name__
     raise ConfigError(f"--{name}={raw}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} like {default!r}")
 

@@ -22,17 +22,24 @@ Categories (defects):
     grid_gray texture like grid: grayscale wire grid, saved as mode 'L' PNG like MVTec's
               grayscale categories, so loaders must convert to RGB
               (scratch, spot, hole, crack)
+and one high-resolution category, made only when asked for (--categories=specks), at its own size:
+    specks    768 x 1024 (height x width) woven fabric with SMALL defects, sized in pixels whatever the image
+              size: dots 6-24 px across, scratches 12-24 px long and 2-3 px wide, stains 12-24 px across
+              (dot, scratch, stain). Squeezed to 256 x 256 a 6-pixel dot is 2 pixels: what high-resolution
+              training and native-size evaluation are for (docs/high_resolution.md).
 
 Written by scripts/make_demo_data.py (its command line), and read by the tests and benchmarks:
     python scripts/make_demo_data.py                       # all categories -> data/demo
     python scripts/make_demo_data.py --out=/tmp/demo --size=64 --categories=disc --force
     python scripts/make_demo_data.py --n_calibration=200 --force   # + 200 calibration images per category
+    python scripts/make_demo_data.py --categories=specks            # the high-resolution category, 768 x 1024
 
 Every image has its own seed (from --seed, the category, the folder and the index), so regenerating with --force
 writes the same train and test files, and calibration/good holds images that are in neither.
 
     from utils.demo_data import make_category
     make_category("data/demo", "disc", size=64, n_train=8, seed=0)
+    make_category("data/demo", "specks", size=(384, 512), n_train=8, seed=0)   # (height, width); default 768 x 1024
 """
 
 import os
@@ -44,11 +51,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-CATEGORIES = ("stripes", "disc", "grid_gray")
+CATEGORIES = ("stripes", "disc", "grid_gray")  # the demo's; make_dataset's default
+HIGH_RESOLUTION = {"specks": (768, 1024)}  # made when asked for, at this (height, width) unless given another size
 DEFECTS = {
     "stripes": ("scratch", "spot", "hole", "color"),
     "disc": ("scratch", "spot", "crack", "color"),
     "grid_gray": ("scratch", "spot", "hole", "crack"),
+    "specks": ("dot", "scratch", "stain"),
 }
 MIN_AREA, MAX_AREA = 0.005, 0.05  # allowed defect mask coverage, fraction of the image
 
@@ -132,10 +141,14 @@ def _pick(region, rng):
 def _direction(angle):
     return np.array([np.sin(angle), np.cos(angle)])
 
+def _shape(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
 def _polyline(points, width, size):
-    # pixels whose centre is within width/2 of any segment of the polyline
-    p = np.stack(np.mgrid[0:size, 0:size] + 0.5, -1)
-    mask = np.zeros((size, size), bool)
+    # pixels whose centre is within width/2 of any segment of the polyline; size: a side, or (height, width)
+    h, w = _shape(size)
+    p = np.stack(np.mgrid[0:h, 0:w] + 0.5, -1)
+    mask = np.zeros((h, w), bool)
     for a, b in zip(points[:-1], points[1:]):
         ab = b - a
         t = np.clip((p - a) @ ab / max(ab @ ab, 1e-9), 0, 1)
@@ -144,7 +157,8 @@ def _polyline(points, width, size):
 
 def _blob(centre, radius, rng, size):
     # an irregular star-shaped blob: a circle whose radius wobbles with a few harmonics
-    y, x = np.mgrid[0:size, 0:size] + 0.5
+    h, w = _shape(size)
+    y, x = np.mgrid[0:h, 0:w] + 0.5
     dy, dx = y - centre[0], x - centre[1]
     k = np.arange(1, 5)
     wobble = rng.normal(0, 0.15, 4) / k * np.cos(k * np.arctan2(dy, dx)[..., None] + rng.uniform(0, 2 * np.pi, 4))
@@ -236,6 +250,38 @@ def _color(img, region, rng):
 
 DEFECT_FNS = {"scratch": _scratch, "spot": _spot, "hole": _hole, "crack": _crack, "color": _color}
 
+# -----------------------------------------------------------------------------
+# specks: a high-resolution fabric whose defects are sized in pixels, not in image sides
+
+def _specks(rng, shape):
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w] + 0.5
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    weave = np.sin(2 * np.pi * x / 8 + phase[0]) * np.sin(2 * np.pi * y / 8 + phase[1])  # an 8-pixel weave
+    shade = ndimage.gaussian_filter(rng.standard_normal((h, w)), 48, mode="wrap")
+    shade /= shade.std() + 1e-9
+    grey = 0.55 + 0.06 * weave + 0.03 * shade + rng.normal(0, 0.01, (h, w))
+    return grey[..., None] * np.array([1.0, 0.93, 0.8]), np.ones((h, w), bool)
+
+def _dot(img, region, rng):
+    mask = np.zeros(region.shape, bool)
+    for _ in range(rng.integers(1, 4)):
+        mask |= _blob(_pick(region, rng), rng.uniform(3, 12), rng, region.shape)  # 6-24 px across
+    return mask, _contrasting(img, mask, rng) + rng.normal(0, 0.02, img.shape)
+
+def _short_scratch(img, region, rng):
+    centre, length = _pick(region, rng), rng.uniform(12, 24)
+    half = length / 2 * _direction(rng.uniform(0, np.pi))
+    mask = _polyline(np.array([centre - half, centre + half]), rng.uniform(2, 3), region.shape)
+    value = 0.92 if img[mask].mean() < 0.5 else 0.08
+    return mask, value + rng.normal(0, 0.03, img.shape)
+
+def _stain(img, region, rng):
+    mask = _blob(_pick(region, rng), rng.uniform(6, 12), rng, region.shape)  # 12-24 px across
+    return mask, img * np.array([0.75, 0.85, 1.15])  # a bluish tint, same weave
+
+SPECKS_DEFECT_FNS = {"dot": _dot, "scratch": _short_scratch, "stain": _stain}
+
 def _add_defect(img, region, kind, rng):
     # redraw until the defect covers a sensible area (e.g. a scratch mostly off the disc)
     for _ in range(100):
@@ -256,11 +302,16 @@ def make_sample(name, folder, index, size=128, seed=0):
     (nor on which other categories were generated).
     """
     kind = folder.split("/")[-1]
-    if name not in CATEGORIES or kind not in ("good",) + DEFECTS[name]:
+    if name not in DEFECTS or kind not in ("good",) + DEFECTS[name]:
         raise ValueError(f"unknown category/folder {name}/{folder}")
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), zlib.crc32(folder.encode()), index])
-    clean, region = NORMALS[name](rng, size)
-    image, mask = (clean, None) if kind == "good" else _add_defect(clean, region, kind, rng)
+    if name in HIGH_RESOLUTION:  # size: (height, width); defects of any size in pixels, always on the fabric
+        clean, region = _specks(rng, _shape(size))
+        mask, new = (None, None) if kind == "good" else SPECKS_DEFECT_FNS[kind](clean, region, rng)
+        image = clean if kind == "good" else np.where(mask[..., None], new, clean)
+    else:
+        clean, region = NORMALS[name](rng, size)
+        image, mask = (clean, None) if kind == "good" else _add_defect(clean, region, kind, rng)
 
     def to_uint8(a):
         a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
@@ -268,11 +319,12 @@ def make_sample(name, folder, index, size=128, seed=0):
 
     return to_uint8(image), None if mask is None else mask.astype(np.uint8) * 255, to_uint8(clean)
 
-def make_category(root, name, *, size=128, n_train=40, n_test_good=8, n_test_defect=4, seed=0, force=False, n_calibration=0):
+def make_category(root, name, *, size=None, n_train=40, n_test_good=8, n_test_defect=4, seed=0, force=False, n_calibration=0):
     """Write ROOT/NAME/... (n_test_defect images per defect kind, n_calibration in calibration/good); skip it if it
-    exists unless force."""
-    if name not in CATEGORIES:
-        raise ValueError(f"unknown category {name!r}, expected one of {CATEGORIES}")
+    exists unless force. size: a side, or (height, width); None: 128, or a high-resolution category's own size."""
+    if name not in DEFECTS:
+        raise ValueError(f"unknown category {name!r}, expected one of {tuple(DEFECTS)}")
+    size = size or HIGH_RESOLUTION.get(name, 128)
     final = os.path.join(root, name)
     if os.path.exists(final) and not force:
         print(f"{name}: {final} exists, skipping (--force to regenerate)")
@@ -302,11 +354,11 @@ def make_category(root, name, *, size=128, n_train=40, n_test_good=8, n_test_def
     print(f"{name}: {n_train} train, {n_test_good} test good, {n_defect} test defect "
           f"({', '.join(DEFECTS[name])}){calibration} -> {final} in {time.time() - t0:.2f}s")
 
-def make_dataset(root, categories=CATEGORIES, *, size=128, n_train=40, n_test_good=8, n_test_defect=4, seed=0,
+def make_dataset(root, categories=CATEGORIES, *, size=None, n_train=40, n_test_good=8, n_test_defect=4, seed=0,
                  force=False, n_calibration=0):
-    unknown = [c for c in categories if c not in CATEGORIES]
+    unknown = [c for c in categories if c not in DEFECTS]
     if unknown:  # fail before writing anything
-        raise ValueError(f"unknown categories {unknown}, expected some of {CATEGORIES}")
+        raise ValueError(f"unknown categories {unknown}, expected some of {tuple(DEFECTS)}")
     os.makedirs(root, exist_ok=True)
     for name in categories:
         make_category(root, name, size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect, seed=seed, force=force,

@@ -5,10 +5,11 @@ folder, built on first use and reused by later runs, read whole into memory or b
     store = open_store(paths, data_root, categories, 256, cache_dir)  # builds or rebuilds it first if needed
     batch = store.read([4, 17, 2])             # (3,3,256,256) uint8 numpy array, rows in the order asked
     images = store.read_all()                  # (N,3,256,256) uint8 numpy array
+    crops = store.read_crops([4, 17], [(0, 8), (32, 0)], 128)   # (2,3,128,128): each row's window at (top, left)
 
 dataset.load_train_set puts a torch face on it (StreamedImages below) for train.py. The file is
 
-    b"RDSTORE1" | header length (8 bytes, little-endian) | JSON header | zero padding to 4096 | N x 3 x S x S uint8
+    b"RDSTORE1" | header length (8 bytes, little-endian) | JSON header | zero padding to 4096 | N x 3 x H x W uint8
 
 and its header records what it was built from: data_root, the categories, image_size and, per image, its path
 relative to data_root, size, modification and status-change times (st_ctime changes whenever a file is written or
@@ -33,7 +34,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from utils.config import ConfigError
+from utils.config import ConfigError, size_hw
 from utils.files import atomic_write
 from utils.images import load_all, read_image
 
@@ -50,11 +51,12 @@ def default_cache_dir():
 
 
 def store_path(cache_dir, data_root, label, size):
-    """<cache_dir>/<data_root's name>-<label>-<size>px-<12 hex digits of the absolute data_root, label, size>.rdstore:
-    one file per (dataset, category set, size), whatever the images' state."""
+    """<cache_dir>/<data_root's name>-<label>-<size>px-<12 hex digits of the absolute data_root, label, size>.rdstore
+    (<size>: 256, or 768x1024 for a height and width): one file per (dataset, category set, size), whatever the images' state."""
     root = os.path.realpath(data_root)
     key = hashlib.sha256(json.dumps([root, label, size, FORMAT_VERSION]).encode()).hexdigest()[:12]
-    return os.path.join(cache_dir, f"{os.path.basename(root) or 'data'}-{label}-{size}px-{key}.rdstore")
+    size_text = "x".join(map(str, size_hw(size))) if isinstance(size, list) else size
+    return os.path.join(cache_dir, f"{os.path.basename(root) or 'data'}-{label}-{size_text}px-{key}.rdstore")
 
 
 def expected_header(paths, data_root, categories, size):
@@ -65,7 +67,7 @@ def expected_header(paths, data_root, categories, size):
         st = os.stat(path)
         images.append([os.path.relpath(os.path.realpath(path), root), st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return {"version": FORMAT_VERSION, "data_root": root, "categories": list(categories), "image_size": size,
-            "shape": [len(paths), 3, size, size], "dtype": "uint8", "images": images}
+            "shape": [len(paths), 3, *size_hw(size)], "dtype": "uint8", "images": images}
 
 
 def encode_header(header):
@@ -94,15 +96,15 @@ class ImageStore:
 
     def __init__(self, path, fd, offset, shape):
         self.path, self.fd, self.offset = path, fd, offset
-        self.n, self.size = shape[0], shape[-1]
-        self.row_bytes = 3 * self.size * self.size
+        self.n, self.height, self.width = shape[0], shape[2], shape[3]
+        self.row_bytes = 3 * self.height * self.width
 
     def __len__(self):
         return self.n
 
     def read(self, indices, out=None):
-        """Rows `indices` (ints in [0, N)) as a (B,3,S,S) uint8 array, in the order given; into `out` if given."""
-        out = np.empty((len(indices), 3, self.size, self.size), np.uint8) if out is None else out
+        """Rows `indices` (ints in [0, N)) as a (B,3,H,W) uint8 array, in the order given; into `out` if given."""
+        out = np.empty((len(indices), 3, self.height, self.width), np.uint8) if out is None else out
         for row, i in zip(out, indices):
             if not 0 <= i < self.n:
                 raise IndexError(f"image {i} of a store of {self.n}")
@@ -110,9 +112,19 @@ class ImageStore:
                 raise ConfigError(f"{self.path}: shorter than its header says (truncated while in use?); run again to rebuild it")
         return out
 
+    def read_crops(self, indices, corners, size):
+        """For each row of `indices`, its size x size window with top-left corner (top, left) of `corners`:
+        a (B,3,size,size) uint8 array. A row is read whole (one read), then cut: memory stays one image."""
+        row = np.empty((1, 3, self.height, self.width), np.uint8)
+        out = np.empty((len(indices), 3, size, size), np.uint8)
+        for crop, i, (top, left) in zip(out, indices, corners):
+            self.read([i], out=row)
+            crop[:] = row[0, :, top:top + size, left:left + size]
+        return out
+
     def read_all(self):
-        """All rows as one (N,3,S,S) uint8 array."""
-        out = np.empty((self.n, 3, self.size, self.size), np.uint8)
+        """All rows as one (N,3,H,W) uint8 array."""
+        out = np.empty((self.n, 3, self.height, self.width), np.uint8)
         rows = max(1, 2**30 // self.row_bytes)  # a read of at most 1 GiB at a time (Linux stops one at 2 GiB)
         for start in range(0, self.n, rows):
             part = out[start:start + rows]
@@ -132,7 +144,7 @@ def open_checked(path, header):
         return None
     with os.fdopen(os.dup(fd), "rb") as f:
         found = read_header(f)
-    n_bytes = header["shape"][0] * 3 * header["image_size"] ** 2
+    n_bytes = int(np.prod(header["shape"]))
     if found is None or found[0] != header or os.fstat(fd).st_size != found[1] + n_bytes:
         os.close(fd)
         return None
@@ -151,7 +163,7 @@ def build(path, paths, header):
                   mininterval=1 if sys.stdout.isatty() else 30) as bar:
             for i in range(0, len(paths), BUILD_CHUNK):
                 chunk = paths[i:i + BUILD_CHUNK]
-                for image in load_all(read_image, chunk, [size] * len(chunk)):  # (3,S,S) uint8 each
+                for image in load_all(read_image, chunk, [size] * len(chunk)):  # (3,H,W) uint8 each
                     f.write(image.data)
                 bar.update(len(chunk))
 
@@ -177,12 +189,12 @@ def open_store(paths, data_root, categories, size, cache_dir, label):
             return store
         for leftover in glob.glob(os.path.join(cache_dir, "." + os.path.basename(path) + ".*.tmp")):
             os.unlink(leftover)  # a killed build's temporary file: nobody else writes while we hold the lock
-        needed = len(encode_header(header)) + len(paths) * 3 * size * size
+        needed = len(encode_header(header)) + int(np.prod(header["shape"]))
         free = os.statvfs(cache_dir).f_bavail * os.statvfs(cache_dir).f_frsize
         if needed > free:
             raise ConfigError(f"cache_dir={cache_dir}: the decoded images need {needed / 2**30:.2f} GiB, "
                               f"{free / 2**30:.2f} GiB are free; free some or pass --cache_dir=<a folder with room>")
-        print(f"decoding {len(paths)} training images at {size}x{size} into {path} ({needed / 2**30:.2f} GiB), once")
+        print(f"decoding {len(paths)} training images at {'x'.join(map(str, size_hw(size)))} into {path} ({needed / 2**30:.2f} GiB), once")
         build(path, paths, header)
         store = open_checked(path, header)
     if store is None:  # an image changed while it was being decoded

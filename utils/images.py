@@ -5,6 +5,7 @@ scripts/prepare_dataset.py checks the layout it writes with it (mask_path_for: w
 
     from utils.images import list_images, read_images
     images = read_images(list_images("new/"), 256)  # (N,3,256,256) uint8 numpy array, RGB
+    images = read_images(paths, [768, 1024])          # (N,3,768,1024): a size is an int (a square) or [height, width]
 
 Listings are sorted and keep the files with an image extension; grayscale, palette and RGBA images become RGB;
 images are resized with PIL's antialiased bilinear filter (what torchvision's Resize does on PIL images).
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from utils.config import ConfigError
+from utils.config import ConfigError, size_hw
 from utils.files import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -52,9 +53,10 @@ def open_image(path):
 
 
 def read_image(path, size):
-    """(3,size,size) uint8 RGB array, C-contiguous: a transposed view would make np.stack keep PIL's
-    channels-last strides, and torch then computes in another memory format, with other roundings."""
-    img = open_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    """(3,H,W) uint8 RGB array at size (H,W) (an int: a square), C-contiguous: a transposed view would make np.stack
+    keep PIL's channels-last strides, and torch then computes in another memory format, with other roundings."""
+    height, width = size_hw(size)
+    img = open_image(path).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))
 
 
@@ -65,5 +67,5 @@ def load_all(function, *args):
 
 
 def read_images(paths, size):
-    """The images at paths as one (N,3,size,size) uint8 array."""
+    """The images at paths as one (N,3,H,W) uint8 array."""
     return np.stack(load_all(read_image, paths, [size] * len(paths)))

@@ -25,11 +25,11 @@ from utils.io import save_checkpoint
 
 # a resumed run must have been trained with the same values of these (RD++ also of RDPP_RESUME_KEYS); the sweep
 # counts a result as done when it was trained with the requested values of them, epochs and method
-RESUME_KEYS = ("category", "categories", "backbone", "weights", "image_size", "batch_size", "lr", "betas", "seed",
+RESUME_KEYS = ("category", "categories", "backbone", "weights", "image_size", "crop_size", "batch_size", "lr", "betas", "seed",
                "lr_decay", "clip_grad", "drop_last")
 RDPP_RESUME_KEYS = ("proj_lr", "weight_proj", "step_every", "accumulate", "ssot")
 # what checkpoints written before a resume key existed were trained with (categories: [their category], saved_setting)
-LEGACY_VALUES = {"accumulate": False, "lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False}
+LEGACY_VALUES = {"accumulate": False, "lr_decay": 0.0, "clip_grad": 0.0, "drop_last": False, "crop_size": 0}
 MAX_RUN_NAME = 64
 
 

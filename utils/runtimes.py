@@ -4,7 +4,7 @@ and scripts/benchmark.py use it.
 
     from utils.runtimes import load_exported
     model = load_exported("runs/bottle/model.onnx", runtime="openvino")
-    maps, scores = model(images)  # uint8 (N,3,S,S) -> float32 (N,S,S), (N,)
+    maps, scores = model(images)  # uint8 (N,3,H,W) -> float32 (N,H,W), (N,)
     model.metadata["image_f1_threshold"]
 
 onnxruntime runs .onnx files; OpenVINO runs .onnx files and its own .xml/.bin (export.py --int8=1). OpenVINO is
@@ -71,7 +71,7 @@ class OpenvinoModel:
 
 
 def load_exported(path, runtime="onnxruntime", threads=0, hint="LATENCY"):
-    """The model at path, ready to score uint8 (N,3,S,S) images; a ConfigError if it is not export.py's.
+    """The model at path, ready to score uint8 (N,3,H,W) images; a ConfigError if it is not export.py's.
     threads: 0 lets the runtime choose (all cores); hint: OpenVINO's PERFORMANCE_HINT."""
     if not path:
         raise ConfigError("--model is required, e.g. --model=runs/bottle/model.onnx")
