@@ -39,7 +39,7 @@ from PIL import Image
 
 from utils.config import ConfigError, size_hw
 from utils.image_store import open_store
-from utils.images import IMAGE_EXTENSIONS, list_images, load_all, mask_path_for, open_image, read_images
+from utils.images import IMAGE_EXTENSIONS, list_images, load_all, mask_path_for, native_size, open_image, read_images
 from utils.memory import memory_decision
 
 CROP_STREAM = 1  # crop_corners' random stream, apart from RD++'s noise draws of the same (seed, step)
@@ -243,8 +243,7 @@ def load_native_masks(data_root, category, paths):
         defect = os.path.basename(os.path.dirname(path))
         image_path = os.path.join(folder, path)
         if defect == "good":
-            with Image.open(image_path) as img:  # the header only: its size
-                masks.append(np.zeros(img.size[::-1], dtype=bool))
+            masks.append(np.zeros(native_size(image_path), dtype=bool))
         else:
             masks.append(np.asarray(open_image(mask_path_for(folder, defect, image_path)).convert("L")) != 0)  # (H_i,W_i)
     return masks

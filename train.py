@@ -70,7 +70,7 @@ betas = (0.5, 0.999)  # Adam betas
 lr_decay = 0.0  # lr x0.1 from epoch int(lr_decay * epochs) on and again every as many epochs, set at each batch (timm's StepLR); 0: constant
 clip_grad = 0.0  # clip the total L2 norm of the gradient to this before each optimizer step; 0: no clipping
 drop_last = False  # leave out the last, incomplete batch of each epoch (a different one each epoch)
-protocol = "official"  # official (the defaults here) | ader: ADer's unified benchmark, see PROTOCOLS; settings given on the command line win
+protocol = "official"  # official (the defaults here) | ader: ADer's unified benchmark, see PROTOCOLS; settings given on the command line win | mvtec_ad_2: trained as official, and test.py evaluates with MVTec AD 2's protocol
 seed = 42  # seeds the OCBE/decoder init, the shuffling and (weights=none) the teacher
 deterministic = False  # deterministic kernels, no cudnn autotuning: reproducible but slower
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...

@@ -25,12 +25,15 @@ from utils.known_datasets import OFFICIAL_EPOCHS
 # optimizer. trainer/rdpp_trainer.py zeroes the gradients before every backward and steps on every 2nd iteration
 # (accumulate=False), and builds RD++'s two Adam optimizers after the scheduler was attached to the base trainer's
 # own optimizer, which never steps: RD++'s learning rates stay constant there, hence lr_decay 0.
+# mvtec_ad_2: trained as official; test.py then evaluates with MVTec AD 2's protocol (native size, SegF1 at the
+# threshold of the validation images), which it reads from the checkpoint's config.
 PROTOCOLS = {
     "official": {},
+    "mvtec_ad_2": {},
     "ader": {"image_size": 256, "epochs": 100, "batch_size": 16, "lr": 0.005, "betas": (0.5, 0.999), "seed": 42,
              "lr_decay": 0.8, "clip_grad": 5.0, "drop_last": True, "official_epochs": False},
 }
-PROTOCOLS_RDPP = {"official": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2, "accumulate": False}}  # RD++ on top
+PROTOCOLS_RDPP = {"official": {}, "mvtec_ad_2": {}, "ader": {"proj_lr": 0.001, "lr_decay": 0.0, "step_every": 2, "accumulate": False}}  # RD++ on top
 
 
 def apply_protocol(settings, argv):

@@ -44,6 +44,7 @@ from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network,
 from model.scoring import check_scoring, predict  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
 from utils.files import UMASK, atomic_write_json, check_outputs  # noqa: E402
+from utils.images import native_size  # noqa: E402
 from utils.known_datasets import DATASETS  # noqa: E402
 from utils.seeding import resolve_device  # noqa: E402
 
@@ -81,11 +82,6 @@ class NativeMaps:
     def __iter__(self):
         for amap, size in zip(self.maps, self.sizes):
             yield resize_map(amap, size)
-
-
-def native_size(path):
-    with Image.open(path) as image:
-        return image.height, image.width
 
 
 def source_images(folder, split):

@@ -52,6 +52,15 @@ def open_image(path):
         raise ConfigError(f"{path}: unreadable image ({first_line(e)})") from None
 
 
+def native_size(path):
+    """(height, width) of the image at path, from its header alone."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception as e:
+        raise ConfigError(f"{path}: unreadable image ({first_line(e)})") from None
+
+
 def read_image(path, size):
     """(3,H,W) uint8 RGB array at size (H,W) (an int: a square), C-contiguous: a transposed view would make np.stack
     keep PIL's channels-last strides, and torch then computes in another memory format, with other roundings."""
