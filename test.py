@@ -9,6 +9,7 @@ model of several categories, train.py --categories=...) on each of its categorie
     $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth                  # every category, then the mean
     $ python test.py --checkpoint=runs/bottle+cable+screw/checkpoint.pth --category=cable  # one of them
     $ python test.py --checkpoint=runs/specks/checkpoint.pth --eval_size=native   # pixel metrics at the masks' own size
+    $ python test.py --checkpoint=runs/mvtec_ad_2/can/checkpoint.pth --protocol=mvtec_ad_2   # + SegF1, MVTec AD 2's way
 
 Scoring a folder of new images is predict.py's job, a threshold from good images calibrate.py's.
 
@@ -20,6 +21,12 @@ along channels, upsampled (bilinear, align_corners=True) to the image size, summ
 The pixel metrics compare those maps with the masks resized to image_size (eval_size=image, RD4AD's protocol), or
 each map resized to its mask's own size (eval_size=native: model.anomaly_map.resize_map, bilinear; MVTec AD's and
 MVTec AD 2's evaluation); image scores are the same either way.
+
+--protocol=mvtec_ad_2 (the default for a checkpoint trained with it) evaluates as MVTec AD 2 does: at native size,
+and with SegF1 (evaluation.metrics.seg_f1), the pixel F1 at the threshold of the category's defect-free validation
+images (CATEGORY/validation/good, which prepare_dataset.py --format=mvtec_ad_2 keeps): the mean + 3 standard deviations
+of every pixel of their maps, at the size the test maps are compared at (evaluation.threshold.validation_threshold).
+results.json then also holds seg_f1, seg_threshold and seg_threshold_source.
 Writes <out_dir>/<category>/results.json (image/pixel AUROC, F1-max, AP, AUPRO, ...), scores.csv, curves.json
 (the ROC, precision-recall and PRO curves, evaluation/metrics.py) and report.html with its pictures in report/ (evaluation/report.py:
 metrics, curves, scores per defect type, the training loss and every test image), and
@@ -52,17 +59,19 @@ plotter = Plotter() if __name__ == "__main__" else None
 
 import torch  # noqa: E402
 
-from dataset import load_native_masks, load_test_set
-from evaluation.metrics import metrics_and_curves, metrics_line
+from dataset import image_folder, load_images, load_native_masks, load_test_set
+from evaluation.metrics import metrics_and_curves, metrics_line, seg_f1
 from evaluation.report import write_evaluation_report
 from evaluation.results import write_mean
-from evaluation.threshold import choose_threshold
+from evaluation.threshold import choose_threshold, validation_threshold
 from evaluation.visualize import evaluation_strip, prediction_strip, save_png
 from model.anomaly_map import resize_map
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
+from model.protocols import PROTOCOLS
 from model.scoring import check_scoring, predict
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings
 from utils.files import atomic_write_json, atomic_write_text, check_outputs, write_csv
+from utils.images import native_size
 from utils.runs import LOSS_CSV, category_folder, run_dir, run_name
 from utils.seeding import describe_device, resolve_device
 
@@ -77,6 +86,7 @@ image_size = 0  # default: the checkpoint's (256 for official checkpoints)
 batch_size = 16  # test batch; does not change any score
 map_mode = "add"  # add | mul: how the three per-tap maps are combined
 eval_size = "image"  # image: masks resized to image_size (RD4AD's protocol) | native: each map upsampled to its mask's own size (MVTec AD's and MVTec AD 2's evaluation)
+protocol = ""  # default: the checkpoint's (train.py --protocol), official for an official one | official, ader: the metrics above | mvtec_ad_2: also SegF1 at the validation images' threshold, eval_size native unless given
 device = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
 amp = False  # bf16 autocast for the networks; maps stay float32
 compile = False  # torch.compile the scoring (weights frozen): faster per image after a one-off compile (~15 s on CPU)
@@ -120,6 +130,27 @@ def evaluation_threshold(args, settings, results, scores, labels):
     return choice
 
 
+def segmentation(args, settings, network, name, maps, masks):
+    """MVTec AD 2's segmentation results of one category: its threshold from CATEGORY/validation/good (mean + 3 std of
+    every pixel of their maps, at the size the test maps are compared at) and SegF1 at it, over the test maps and
+    masks (maps, masks: those the pixel metrics were computed on)."""
+    folder = os.path.join(settings["data_root"], name, "validation", "good")
+    paths = image_folder(folder, "validation")
+    validation, _ = predict(network, load_images(paths, settings["image_size"]), args.batch_size, args.map_mode, args.amp, args.compile)
+    native = args.eval_size == "native"
+    if native:
+        validation = [resize_map(amap, native_size(path)) for amap, path in zip(validation, paths)]  # (H_i,W_i) each
+    threshold = validation_threshold(validation)
+    found = {"seg_threshold": threshold, "seg_threshold_source": f"mean + 3 std of every pixel of the {len(paths)} validation maps of "
+             f"{folder}, at {'their own size' if native else 'image_size'} (MVTec AD 2's rule)"}
+    if masks is None:
+        return {**found, "seg_f1": None}, {"seg_f1": "no ground_truth folder: no pixel labels"}
+    try:
+        return {**found, "seg_f1": seg_f1(maps, masks, threshold)}, {}
+    except ValueError as e:  # no anomalous pixel in the masks
+        return {**found, "seg_f1": None}, {"seg_f1": str(e)}
+
+
 def evaluate(args, settings, network, name, test_set, plotter):
     """Score one category's test set (load_test_set's), write its results.json, scores.csv, curves.json, picture
     strips (the first args.save_images of each defect type) and, given a plots.Plotter, report.html in
@@ -136,13 +167,15 @@ def evaluate(args, settings, network, name, test_set, plotter):
         pixel_masks = load_native_masks(settings["data_root"], name, paths)  # (H_i,W_i) each
         pixel_maps = [resize_map(amap, mask.shape) for amap, mask in zip(maps, pixel_masks)]
     metrics, curves = metrics_and_curves(scores, labels, pixel_maps, pixel_masks)
+    segmented, seg_undefined = segmentation(args, settings, network, name, pixel_maps, pixel_masks) if args.protocol == "mvtec_ad_2" else ({}, {})
+    metrics["undefined"].update(seg_undefined)
     del pixel_maps, pixel_masks  # native size: may be gigabytes
 
     folder = category_folder(settings, name)
     results = {
-        "category": name, **metrics, "n_images": len(labels), "n_anomalous": int(labels.sum()),
+        "category": name, **metrics, **segmented, "n_images": len(labels), "n_anomalous": int(labels.sum()),
         "checkpoint": args.checkpoint, "method": settings["method"], "backbone": settings["backbone"], "weights": settings["weights"],
-        "image_size": settings["image_size"], "map_mode": args.map_mode, "eval_size": args.eval_size,
+        "image_size": settings["image_size"], "map_mode": args.map_mode, "eval_size": args.eval_size, "protocol": args.protocol,
         "seconds_per_image": predict_seconds / len(labels),
         "heatmap_range": [float(maps.min()), float(maps.max())],  # the heatmap colour scale of this category
         "train_config": settings["train_config"],  # None for official checkpoints
@@ -153,6 +186,10 @@ def evaluate(args, settings, network, name, test_set, plotter):
     write_csv(os.path.join(folder, "scores.csv"), ["path", "label", "score"],
               ((p, label, f"{score:.6f}") for p, label, score in zip(paths, labels.tolist(), scores.tolist())))
     print(f"{name} ({settings['method']}): {metrics_line(metrics)}")
+    if segmented:
+        print(f"  MVTec AD 2: seg_f1 {'n/a' if segmented['seg_f1'] is None else format(segmented['seg_f1'], '.3f')} | "
+              f"pixel_aupro_05 {'n/a' if metrics['pixel_aupro_05'] is None else format(metrics['pixel_aupro_05'], '.3f')} | "
+              f"threshold {segmented['seg_threshold']:.6f}: {segmented['seg_threshold_source']}")
     for metric, reason in metrics["undefined"].items():
         if masks is not None or not metric.startswith("pixel_"):  # without masks: said once when the test set was loaded
             print(f"  {metric} undefined: {reason}")
@@ -184,6 +221,17 @@ def main():
     settings = resolve_settings(ckpt, args.checkpoint, {name: getattr(args, name) for name in CHECKPOINT_SETTINGS})
     unified = len(settings["categories"]) > 1
     names = [settings["category"]] if settings["category"] else settings["categories"]
+    args.protocol = args.protocol or (settings["train_config"] or {}).get("protocol", "official")
+    if args.protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol={args.protocol}: must be {', '.join(PROTOCOLS)}")
+    if args.protocol == "mvtec_ad_2":
+        if not any(arg.startswith("--eval_size=") for arg in sys.argv[1:]):
+            args.eval_size = "native"  # MVTec AD 2 evaluates at the images' own size
+        for name in names:  # its threshold needs the validation images: checked before any work
+            folder = os.path.join(settings["data_root"], name, "validation", "good")
+            if not os.path.isdir(folder):
+                raise ConfigError(f"--protocol=mvtec_ad_2: no folder {folder}; MVTec AD 2's segmentation threshold comes from its "
+                                  "defect-free validation images (prepare_dataset.py --format=mvtec_ad_2 keeps them)")
     run_folder = run_dir(settings["out_dir"], run_name(settings["categories"]))
     pages = (["report.html"], ["report"]) if args.report else ([], [])  # report.html and its pictures' folder
     for name in names:  # the outputs, checked before the data and networks
@@ -203,7 +251,7 @@ def main():
         def same(saved):  # a category's results.json of this checkpoint, evaluated as now
             return (os.path.realpath(saved.get("checkpoint", "")) == os.path.realpath(args.checkpoint) and saved.get("train_config") == trained_with
                     and saved.get("image_size") == settings["image_size"] and saved.get("map_mode") == args.map_mode
-                    and saved.get("eval_size", "image") == args.eval_size)
+                    and saved.get("eval_size", "image") == args.eval_size and saved.get("protocol", "official") == args.protocol)
 
         mean = write_mean(run_folder, settings["categories"], same,
                           {"checkpoint": args.checkpoint, "method": settings["method"], "backbone": settings["backbone"],

@@ -91,6 +91,7 @@ PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_aupr
 # the pixel metrics read off one ranking of all pixels: undefined together (no normal or no anomalous pixel)
 RANKED_PIXEL_NAMES = ("pixel_auroc", "pixel_f1", "pixel_ap", "pixel_aupro", "pixel_aupro_05")
 METRIC_NAMES = ("image_auroc", "image_f1", "image_ap", "image_f1_threshold", *PIXEL_NAMES, "mad")
+SEGMENTATION_NAMES = ("seg_f1",)  # at a threshold chosen without the test set: test.py --protocol=mvtec_ad_2
 MAD_PARTS = ("image_auroc", "image_ap", "image_f1", "pixel_auroc", "pixel_ap", "pixel_f1_21", "pixel_aupro")
 # printed after a run; results.md tabulates these and ADer's pixel_iou_max and mad (results.TABLES)
 HEADLINE = ("image_auroc", "pixel_auroc", "image_f1", "pixel_aupro")

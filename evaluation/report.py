@@ -54,7 +54,10 @@ METRICS = {  # name: one-line definition, in the order shown
                    "every defect region counts alike, whatever its size",
     "pixel_aupro_05": "the same PRO curve's area up to a false-positive rate of 0.05, divided by 0.05: MVTec AD 2's AU-PRO_0.05",
     "pixel_pro_paper": "the official RD4AD script's per-image PRO: a different number, not comparable with pixel_aupro",
+    "seg_f1": "MVTec AD 2's SegF1: F1 of every test pixel at or above seg_threshold against the masks, pixels pooled",
+    "seg_threshold": "MVTec AD 2's segmentation threshold, from defect-free validation images alone (seg_threshold_source)",
 }
+PROTOCOL_METRICS = ("seg_f1", "seg_threshold")  # shown where the evaluation has them (test.py --protocol=mvtec_ad_2)
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; padding: 0 1em; color: #222; }
@@ -258,12 +261,15 @@ def write_evaluation_report(folder, results, curves, test_set, maps, scores, *, 
     metric_rows = [[cell(name), cell(fmt(results.get(name)), "value", metric=name),
                     cell(html.escape(METRICS[name] if results.get(name) is not None
                                      else f"undefined: {results.get('undefined', {}).get(name, '')}"), "note")]
-                   for name in METRICS]
+                   for name in METRICS if name not in PROTOCOL_METRICS or name in results]
     train_config = results.get("train_config")
     settings = ([[cell(html.escape(k)), cell(html.escape(str(v)))] for k, v in train_config.items()] if train_config
                 else [[cell("official checkpoint"), cell("no training settings are stored in it")]])
     run = [("checkpoint", results["checkpoint"]), ("method", results["method"]), ("backbone", results["backbone"]),
            ("teacher weights", results["weights"]), ("image size", results["image_size"]), ("map_mode", results["map_mode"]),
+           ("pixel metrics at", {"native": "each mask's own size (eval_size=native)"}.get(results.get("eval_size"), "image size (eval_size=image)")),
+           *([("protocol", results["protocol"])] if results.get("protocol") else []),
+           *([("segmentation threshold", results["seg_threshold_source"])] if results.get("seg_threshold_source") else []),
            ("test images", f"{results['n_images']} ({results['n_anomalous']} anomalous)"),
            ("evaluated on", results.get("device", "")), ("evaluated at", results.get("date", "")),
            ("seconds per image", f"{results['seconds_per_image']:.4f} (networks and anomaly maps)")]

@@ -8,6 +8,7 @@ Train and test Reverse Distillation (RD, or RD++ with --method=rd++) on every ca
     $ python scripts/sweep.py --table_only=1 --out_dir=runs --epochs=50    # rebuild runs/results.md and report.html, run nothing
     $ python scripts/sweep.py --method=rd++ --official_epochs=1 --out_dir=runs_rdpp   # RD++ with its official epochs
     $ python scripts/sweep.py --unified=1 --protocol=ader --out_dir=runs_unified      # one model of all categories
+    $ python scripts/sweep.py --data_root=data/mvtec_ad_2 --out_dir=runs_ad2           # MVTec AD 2: its protocol, recognised
 
 Per category C: `python train.py --category=C --resume=1 ...`, then `python test.py --checkpoint=<out_dir>/C/checkpoint.pth
 ...`, both logged to <out_dir>/C/log.txt. A category whose results.json was trained with the requested settings is
@@ -45,7 +46,7 @@ from evaluation.results import (category_state, differences, ordered, read_json,
 from model.protocols import apply_protocol, check_config  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
 from utils.files import atomic_write_json, check_outputs  # noqa: E402
-from utils.known_datasets import dataset_for  # noqa: E402
+from utils.known_datasets import DATASETS, dataset_for  # noqa: E402
 from utils.runs import ckpt_path, run_dir, run_name  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -343,6 +344,10 @@ def main():
         print(f"wrote {table_path(out_dir, run)} and report.html beside it")
         return
     names = find_categories(data_root, categories)
+    if dataset_for(names) is DATASETS["mvtec_ad_2"] and not any(arg.startswith("--protocol=") for arg in train_args):
+        print("MVTec AD 2: trained and evaluated with its protocol (--protocol=mvtec_ad_2: native size, SegF1 at the validation threshold)")
+        train_args, test_args = [*train_args, "--protocol=mvtec_ad_2"], [*test_args, "--protocol=mvtec_ad_2"]
+        train_config["protocol"] = "mvtec_ad_2"
     run = unified_run(names, train_config, unified)
     if run:  # its tables' folder, before any category starts
         check_outputs(f"out_dir={out_dir}", os.path.dirname(table_path(out_dir, run)), ["results.md", "report.html"])

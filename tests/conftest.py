@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from utils.demo_data import make_category  # noqa: E402
+
+EIGHT = np.ones((3, 3), dtype=bool)  # 8-connected regions
 
 # small and fast: resnet18 teacher, 64x64 images, random teacher weights (no download here)
 SMALL = ["--backbone=resnet18", "--image_size=64", "--weights=none", "--device=cpu"]
@@ -240,3 +243,52 @@ def make_mvtec_ad_2_source(root, sizes, n_private=3, n_validation=2, n_train=4):
         for i in range(n_private):
             write(os.path.join(folder, "test_private", f"{i:03d}_regular.png"), size)
             write(os.path.join(folder, "test_private_mixed", f"{i:03d}_mixed.png"), size, square=i % 2 == 1)
+
+
+# ----------------------------------------------------------------------------- independent transcriptions of definitions,
+# deliberately slow, shared by test_metrics.py, test_high_resolution.py and test_ad2_protocol.py
+
+def ref_regions(masks, structure):
+    """Boolean mask of every region of every image, labelled image by image."""
+    out = []
+    for i, mask in enumerate(masks):
+        lab, n = ndimage.label(mask, structure=structure)
+        for r in range(1, n + 1):
+            region = np.zeros(masks.shape, dtype=bool)
+            region[i] = lab == r
+            out.append(region)
+    return out
+
+
+def ref_aupro(maps, masks, structure=EIGHT, max_fpr=0.3):
+    regions = [maps[r] for r in ref_regions(masks, structure)]
+    normal = maps[~masks]
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        pros.append(np.mean([np.mean(r >= t) for r in regions]))
+        fprs.append(np.sum(normal >= t) / normal.size)
+        if fprs[-1] > max_fpr:
+            break
+    area = 0.0
+    for f0, f1, p0, p1 in zip(fprs[:-1], fprs[1:], pros[:-1], pros[1:]):
+        if f1 <= max_fpr:
+            area += (f1 - f0) * (p0 + p1) / 2
+        else:
+            p_cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0)
+            area += (max_fpr - f0) * (p0 + p_cut) / 2
+            break
+    return area / max_fpr
+
+
+def bilinear(amap, size):
+    """The definition of bilinear resizing with pixel centres aligned, written out: output pixel i of n_out reads the
+    input at (i + 0.5) * n_in / n_out - 0.5, clamped at 0, between its two neighbours (the last one repeated)."""
+    for axis, n_out in enumerate(size):
+        n_in = amap.shape[axis]
+        source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        low = np.floor(source).astype(int)
+        high, weight = np.minimum(low + 1, n_in - 1), source - low
+        shape = [1, 1]
+        shape[axis] = n_out
+        amap = np.take(amap, low, axis) * (1 - weight.reshape(shape)) + np.take(amap, high, axis) * weight.reshape(shape)
+    return amap

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import assert_same, assert_user_error, run_main, snapshot
+from conftest import assert_same, assert_user_error, bilinear, run_main, snapshot
 from model.checkpoint import load_checkpoint, load_network, resolve_settings
 from model.pseudo_anomalies import MIN_PATCH, SimplexPatches, step_generator
 from model.scoring import predict
@@ -102,20 +102,6 @@ def test_simplex_patches_of_a_non_square_size_stay_inside_it():
         rows, columns = patch.any(1).nonzero()[:, 0], patch.any(0).nonzero()[:, 0]
         assert rows.min() >= 1 and columns.min() >= 1  # the official corner is at least 1
         assert MIN_PATCH <= len(rows) < height // 8 + 1 and MIN_PATCH <= len(columns) < width // 8 + 1
-
-
-def bilinear(amap, size):
-    """The definition of bilinear resizing with pixel centres aligned, written out: output pixel i of n_out reads the
-    input at (i + 0.5) * n_in / n_out - 0.5, clamped at 0, between its two neighbours (the last one repeated)."""
-    for axis, n_out in enumerate(size):
-        n_in = amap.shape[axis]
-        source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
-        low = np.floor(source).astype(int)
-        high, weight = np.minimum(low + 1, n_in - 1), source - low
-        shape = [1, 1]
-        shape[axis] = n_out
-        amap = np.take(amap, low, axis) * (1 - weight.reshape(shape)) + np.take(amap, high, axis) * weight.reshape(shape)
-    return amap
 
 
 def test_native_evaluation_scores_each_map_at_its_mask_size(specks, tmp_path):

@@ -20,10 +20,10 @@ from sklearn.metrics import auc, average_precision_score, f1_score, precision_re
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluation.metrics  # noqa: E402
+from conftest import EIGHT, ref_aupro, ref_regions  # noqa: E402
 from evaluation.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves, seg_f1  # noqa: E402
 
 TOL = 1e-6
-EIGHT = np.ones((3, 3), dtype=bool)
 FOUR = ndimage.generate_binary_structure(2, 1)
 
 
@@ -42,38 +42,6 @@ def ref_f1_max(scores, labels):
         if f1 > best:
             best, best_t = f1, t
     return best, best_t
-
-
-def ref_regions(masks, structure):
-    """Boolean mask of every region of every image, labelled image by image."""
-    out = []
-    for i, mask in enumerate(masks):
-        lab, n = ndimage.label(mask, structure=structure)
-        for r in range(1, n + 1):
-            region = np.zeros(masks.shape, dtype=bool)
-            region[i] = lab == r
-            out.append(region)
-    return out
-
-
-def ref_aupro(maps, masks, structure=EIGHT, max_fpr=0.3):
-    regions = [maps[r] for r in ref_regions(masks, structure)]
-    normal = maps[~masks]
-    fprs, pros = [0.0], [0.0]
-    for t in np.unique(maps)[::-1]:
-        pros.append(np.mean([np.mean(r >= t) for r in regions]))
-        fprs.append(np.sum(normal >= t) / normal.size)
-        if fprs[-1] > max_fpr:
-            break
-    area = 0.0
-    for f0, f1, p0, p1 in zip(fprs[:-1], fprs[1:], pros[:-1], pros[1:]):
-        if f1 <= max_fpr:
-            area += (f1 - f0) * (p0 + p1) / 2
-        else:
-            p_cut = p0 + (p1 - p0) * (max_fpr - f0) / (f1 - f0)
-            area += (max_fpr - f0) * (p0 + p_cut) / 2
-            break
-    return area / max_fpr
 
 
 def ref_pro_paper(maps, masks):
@@ -474,13 +442,32 @@ def test_reference_rows_are_metrics_we_compute_with_their_definition():
 
     for dataset in DATASETS.values():
         for reference in dataset.references:
-            assert set(reference.values) <= set(evaluation.metrics.METRIC_NAMES), (dataset.name, reference.label)
+            assert set(reference.values) <= {*evaluation.metrics.METRIC_NAMES, *evaluation.metrics.SEGMENTATION_NAMES}, (dataset.name, reference.label)
             if reference.source.startswith(ADER_SOURCE):
                 assert "pixel_f1_21" in reference.values and "pixel_f1" not in reference.values, reference.label
     assert len(ADER_UNIFIED) == 2 * sum(any(r.source.startswith(ADER_SOURCE) for r in d.references) for d in DATASETS.values())
     for (name, method), reference in ADER_UNIFIED.items():
         assert reference in DATASETS[name].references and reference.label.startswith({"rd": "RD,", "rd++": "RD++,"}[method])
         assert "pixel_f1" not in reference.values and reference.values["pixel_f1_21"] > 0
+
+
+def test_mvtec_ad_2_rows_average_to_the_published_means():
+    """The per-object rows of MVTec AD 2's RD and RD++ (utils/known_datasets.py) average to the means the paper
+    publishes, as quoted: AU-PRO_0.05 on TEST_priv / TEST_priv,mix 26.4 / 25.0 (RD) and 27.1 / 25.2 (RD++), SegF1 on
+    TEST_priv 18.1 (RD) and 19.2 (RD++), on TEST_priv,mix 16.7 for both; each row names its split."""
+    from utils.known_datasets import MVTEC_AD_2
+
+    published = {("RD", "TEST_priv", "pixel_aupro_05"): 26.4, ("RD", "TEST_priv,mix", "pixel_aupro_05"): 25.0,
+                 ("RD++", "TEST_priv", "pixel_aupro_05"): 27.1, ("RD++", "TEST_priv,mix", "pixel_aupro_05"): 25.2,
+                 ("RD", "TEST_priv", "seg_f1"): 18.1, ("RD++", "TEST_priv", "seg_f1"): 19.2,
+                 ("RD", "TEST_priv,mix", "seg_f1"): 16.7, ("RD++", "TEST_priv,mix", "seg_f1"): 16.7}
+    found = {}
+    for reference in MVTEC_AD_2.references:
+        method, split = reference.label.split(", ")[0], reference.label.split(", ")[2].split(" ")[0]
+        for metric, values in reference.values.items():
+            assert len(values) == len(MVTEC_AD_2.categories)
+            found[method, split, metric] = round(100 * sum(values) / len(values), 1)
+    assert found == published
 
 
 # ----------------------------------------------------------------------------- large sets: the histogram path
