@@ -7,6 +7,7 @@ definition; and results.md's MVTec AD 2 tables with the published rows, their so
     $ python -m pytest -q tests/test_ad2_protocol.py
 """
 
+import html
 import json
 import os
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, bilinear, make_mvtec_ad_2_source, ref_aupro, run_main
+from conftest import SMALL, assert_user_error, bilinear, make_mvtec_ad_2_source, ref_aupro, run_main, run_sweep
 from evaluation.results import results_md
 from model.checkpoint import load_checkpoint, load_network, resolve_settings
 from model.scoring import predict
@@ -37,7 +38,8 @@ def evaluated_ad2(tmp_path_factory):
     for name in SIZES:
         run_main("train.py", f"--data_root={data_root}", f"--category={name}", f"--out_dir={out_dir}", f"--cache_dir={work / 'cache'}",
                  "--protocol=mvtec_ad_2", *TRAIN, check=True)
-        result = run_main("test.py", f"--checkpoint={out_dir / name / 'checkpoint.pth'}", "--report=0", check=True)
+        report = [] if name == "can" else ["--report=0"]  # one report: SegF1 shows there
+        result = run_main("test.py", f"--checkpoint={out_dir / name / 'checkpoint.pth'}", *report, check=True)
         assert "MVTec AD 2: seg_f1" in result.stdout
     return data_root, out_dir
 
@@ -82,6 +84,14 @@ def test_results_hold_mvtec_ad_2_metrics_equal_to_their_definitions(evaluated_ad
     assert results["pixel_aupro_05"] == pytest.approx(ref_aupro(maps, masks, max_fpr=0.05), abs=1e-5)
 
 
+def test_the_report_shows_segf1_and_its_threshold(evaluated_ad2):
+    _, out_dir = evaluated_ad2
+    page = (out_dir / "can" / "report.html").read_text()
+    results = json.loads((out_dir / "can" / "results.json").read_text())
+    assert "seg_f1" in page and "seg_threshold" in page and "pixel_aupro_05" in page
+    assert html.escape(results["seg_threshold_source"]) in page and "each mask&#x27;s own size" in page
+
+
 def test_results_md_shows_the_published_rows_with_source_and_split(evaluated_ad2):
     data_root, out_dir = evaluated_ad2
     train_config = {**script_settings("train.py"), "data_root": str(data_root), "out_dir": str(out_dir), "protocol": "mvtec_ad_2",
@@ -108,3 +118,16 @@ def test_protocol_needs_the_validation_images(evaluated_ad2, tmp_path):
     assert_user_error(result, "--protocol=mvtec_ad_2", str(copy / "can" / "validation" / "good"))
     assert not (tmp_path / "runs").exists()
     assert_user_error(run_main("test.py", f"--checkpoint={checkpoint}", "--protocol=mvtec"), "--protocol=mvtec", "mvtec_ad_2")
+
+
+@pytest.mark.slow  # a sweep: a process per training and evaluation
+def test_the_sweep_recognises_mvtec_ad_2_and_runs_its_protocol(evaluated_ad2, tmp_path):
+    data_root, _ = evaluated_ad2
+    result = run_sweep(f"--data_root={data_root}", f"--out_dir={tmp_path}", *SMALL, "--epochs=1", "--batch_size=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MVTec AD 2: trained and evaluated with its protocol" in result.stdout
+    for name in SIZES:
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["protocol"] == "mvtec_ad_2" and results["eval_size"] == "native" and results["seg_f1"] is not None
+    text = (tmp_path / "results.md").read_text()
+    assert "MVTec AD 2 (test_public)" in text and "## SegF1 (MVTec AD 2)" in text

@@ -140,6 +140,17 @@ def test_whole_images_are_scored_at_their_size(cropped):
     assert maps.shape == (2, HEIGHT, WIDTH) and scores.shape == (2,)
 
 
+def test_predict_and_calibrate_score_at_the_checkpoints_height_and_width(specks, cropped, tmp_path):
+    checkpoint = f"--checkpoint={cropped / 'specks' / 'checkpoint.pth'}"
+    good = os.path.join(specks, "specks", "train", "good")
+    run_main("predict.py", checkpoint, f"--images={good}", "--threshold=0.5", f"--out_dir={tmp_path}", "--report=0", check=True)
+    with Image.open(tmp_path / "specks" / "predict" / "000.png") as strip:
+        assert strip.size == (2 * WIDTH, HEIGHT)  # input | heatmap, each at 96 x 128
+    run_main("calibrate.py", checkpoint, f"--good_images={good}", "--false_alarm_rate=0.5", check=True)
+    calibration = json.loads((cropped / "specks" / "threshold.json").read_text())
+    assert calibration["image_size"] == [HEIGHT, WIDTH]
+
+
 @pytest.mark.parametrize("args, names", [
     (["--image_size=96,100"], ["--image_size=96,100", "multiple of 32"]),
     (["--image_size=96,"], ["--image_size=96,", "HEIGHT,WIDTH"]),
