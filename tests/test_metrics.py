@@ -20,7 +20,7 @@ from sklearn.metrics import auc, average_precision_score, f1_score, precision_re
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluation.metrics  # noqa: E402
-from conftest import EIGHT, ref_aupro, ref_regions  # noqa: E402
+from conftest import EIGHT, ref_aupro  # noqa: E402
 from evaluation.metrics import CURVE_POINTS, MAX_FPR, compute_metrics, metrics_and_curves, seg_f1  # noqa: E402
 
 TOL = 1e-6
