@@ -140,6 +140,16 @@ def test_whole_images_are_scored_at_their_size(cropped):
     assert maps.shape == (2, HEIGHT, WIDTH) and scores.shape == (2,)
 
 
+def test_the_report_and_strips_follow_the_height_and_width(cropped):
+    run_main("test.py", f"--checkpoint={cropped / 'specks' / 'checkpoint.pth'}", "--save_images=1", check=True)
+    folder = cropped / "specks"
+    with Image.open(folder / "images" / "dot_000.png") as strip:
+        assert strip.size == (3 * WIDTH, HEIGHT)  # input | ground truth | heatmap
+    page = (folder / "report.html").read_text()
+    assert ".thumb.jpg" in page and "[96, 128]" in page
+    assert json.loads((folder / "results.json").read_text())["image_size"] == [HEIGHT, WIDTH]
+
+
 def test_predict_and_calibrate_score_at_the_checkpoints_height_and_width(specks, cropped, tmp_path):
     checkpoint = f"--checkpoint={cropped / 'specks' / 'checkpoint.pth'}"
     good = os.path.join(specks, "specks", "train", "good")
