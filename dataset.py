@@ -137,7 +137,7 @@ class StreamedImages:
         return torch.from_numpy(self.store.read(rows)).to(self.device)
 
     def crops(self, rows, corners, size):
-        """crop_batch's windows, read from the store (utils.image_store.ImageStore.read_crops)."""
+        """read_batch's windows, read from the store (utils.image_store.ImageStore.read_crops)."""
         return torch.from_numpy(self.store.read_crops(rows, corners, size)).to(self.device)
 
 

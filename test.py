@@ -65,7 +65,7 @@ from evaluation.report import write_evaluation_report
 from evaluation.results import write_mean
 from evaluation.threshold import choose_threshold, validation_threshold
 from evaluation.visualize import evaluation_strip, prediction_strip, save_png
-from model.anomaly_map import resize_map
+from model.anomaly_map import NativeMaps, resize_map
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings
 from model.protocols import PROTOCOLS
 from model.scoring import check_scoring, predict
@@ -138,8 +138,8 @@ def segmentation(args, settings, network, name, maps, masks):
     paths = image_folder(folder, "validation")
     validation, _ = predict(network, load_images(paths, settings["image_size"]), args.batch_size, args.map_mode, args.amp, args.compile)
     native = args.eval_size == "native"
-    if native:
-        validation = [resize_map(amap, native_size(path)) for amap, path in zip(validation, paths)]  # (H_i,W_i) each
+    if native:  # each at its image's (H_i,W_i), one at a time
+        validation = NativeMaps(validation, [native_size(path) for path in paths])
     threshold = validation_threshold(validation)
     found = {"seg_threshold": threshold, "seg_threshold_source": f"mean + 3 std of every pixel of the {len(paths)} validation maps of "
              f"{folder}, at {'their own size' if native else 'image_size'} (MVTec AD 2's rule)"}

@@ -6,6 +6,7 @@ export.py puts it in the exported graph.
     maps = anomaly_map(teacher_features, student_features, size=256)  # (B,256,256), blurred
     maps = anomaly_map(teacher_features, student_features, size=(768, 1024))  # (B,768,1024): (height, width)
     native = resize_map(maps[0], (1700, 2400))  # (1700,2400) numpy float32: a map at its image's own size
+    for native in NativeMaps(maps, sizes): ...   # each map at sizes[i], one in memory at a time
 
 The blur's sigma is 4 pixels of the scored image at any image size, RD4AD's value at 256 kept, not scaled with the
 size: the feature maps' strides are fixed in pixels, so a defect of a given size in pixels gets the same map
@@ -14,6 +15,8 @@ whatever the image size; docs/high_resolution.md measures the alternative.
 
 import torch
 import torch.nn.functional as F
+
+from utils.config import size_hw
 
 
 def symmetric_indices(n, radius, device):
@@ -45,7 +48,7 @@ def gaussian_blur(maps, sigma=4.0, truncate=4.0):
 def anomaly_map(teacher_features, student_features, size, mode="add", sigma=4.0):
     """(B,H,W) anomaly maps at size (H,W) (an int: a square): per tap 1 - cos along channels, bilinear upsampling
     with align_corners=True, combined by sum ('add', the paper's numbers) or product ('mul'), then blurred."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = size_hw(size)
     combined = None
     for t, s in zip(teacher_features, student_features):
         distance = 1 - F.cosine_similarity(t.float(), s.float(), dim=1)  # (B,h,w)
@@ -64,3 +67,19 @@ def resize_map(amap, size):
     resized): a map scored at image_size brought to its image's own size (eval_size=native, MVTec AD 2's
     submission). A float32 numpy array."""
     return F.interpolate(amap[None, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+class NativeMaps:
+    """Maps (N,H,W) resized one at a time to sizes[i] = (H_i, W_i) (resize_map): a sequence that holds one native
+    map at a time, for what reads maps image by image (evaluation.threshold.validation_threshold, a submission's
+    files): native images have millions of pixels."""
+
+    def __init__(self, maps, sizes):
+        self.maps, self.sizes = maps, sizes
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __iter__(self):
+        for amap, size in zip(self.maps, self.sizes):
+            yield resize_map(amap, size)

@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,18 +33,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from utils.seeding import describe_device  # noqa: E402
 
 # a child Python that runs a script and prints its peak resident memory when it ends, however it ends
 PEAK = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nfinally:\n"
         "    kb = next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
         "    print(f'peak_rss_bytes={int(kb) * 1024}', flush=True)")
 TRAIN = ["--category=specks", "--backbone=resnet18", "--weights=none", "--batch_size=8", "--seed=0", "--device=cpu"]
-
-
-def cpu_name():
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    return f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores"
 
 
 def run_peak(script, *args):
@@ -178,7 +172,7 @@ def main():
     p.add_argument("--scoring_backbone", default="wide_resnet50_2", help="scoring: the teacher")
     args = p.parse_args()
     parts = args.parts.split(",")
-    print(f"CPU: {cpu_name()}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{describe_device('cpu')}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory() as work:
         if "table" in parts:
             table(args, work)

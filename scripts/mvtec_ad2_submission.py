@@ -39,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import image_folder, load_images  # noqa: E402
 from evaluation.threshold import validation_threshold  # noqa: E402
-from model.anomaly_map import resize_map  # noqa: E402
+from model.anomaly_map import NativeMaps  # noqa: E402
 from model.checkpoint import CHECKPOINT_SETTINGS, load_checkpoint, load_network, resolve_settings  # noqa: E402
 from model.scoring import check_scoring, predict  # noqa: E402
 from utils.config import ConfigError, apply_overrides, run_cli, script_settings  # noqa: E402
@@ -67,21 +67,6 @@ CHECKER_COUNTS = {"can": 321, "fabric": 314, "fruit_jelly": 255, "rice": 277, "s
                   "wallplugs": 232, "walnuts": 228}
 SPLITS = {"test_private": "regular", "test_private_mixed": "mixed"}  # split: the suffix of its file names
 MAPS, BINARY = "anomaly_images", "anomaly_images_thresholded"
-
-
-class NativeMaps:
-    """The maps (N,S,S) resized one at a time to sizes[i] = (H, W), bilinear: a sequence that holds one native map at
-    a time (validation_threshold reads them so; native MVTec AD 2 images have millions of pixels)."""
-
-    def __init__(self, maps, sizes):
-        self.maps, self.sizes = maps, sizes
-
-    def __len__(self):
-        return len(self.maps)
-
-    def __iter__(self):
-        for amap, size in zip(self.maps, self.sizes):
-            yield resize_map(amap, size)
 
 
 def source_images(folder, split):
